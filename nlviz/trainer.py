@@ -1,0 +1,351 @@
+"""The training loop: Eq 31's level clock, per-level optimizers, surprise capture, events.
+
+One step: draw a batch, run the model (with its internals when capturing), attach the
+surprise hooks, one backward pass, then every level whose chunk ends now takes an
+optimizer step on the gradients summed since its last update and clears them; the other
+levels keep accumulating, frozen. Then subscribers get a `StepEvent`.
+
+The decision to know: nothing on the hot path reads values back to the host. Losses and
+surprises travel in events as device tensors; the trainer itself reads the loss only
+every `sync_every` steps (for the progress bar and the non-finite check). Subscribers
+(telemetry, progress, the dashboard) decide their own cadence.
+
+The trainer is model-agnostic: a model needs `levels` (modules, each with a `linears`
+tuple of its nn.Linear layers), `io_parameters()`, and
+`forward(x, return_internals=False)` returning the output, or (output, [LevelTrace]).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .clock import LevelClock
+from .cms import CMS, LevelTrace
+from .config import ConfigError, TrainConfig
+from .device import describe_device, resolve_device, seed_everything
+from .optim import DGD, UpdateGroup, build_update_groups
+from .surprise import SurpriseCapture
+from .tasks import Task, make_task
+
+__all__ = [
+    "Trainer",
+    "Subscriber",
+    "StepEvent",
+    "LevelUpdateEvent",
+    "RunResult",
+    "DivergenceError",
+    "ProgressBar",
+    "CHECKPOINT_FORMAT",
+]
+
+CHECKPOINT_FORMAT = "nlviz-checkpoint-1"
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss; `step` and `level` (numbered from 1) say where."""
+
+    def __init__(self, message: str, step: int, level: int | None):
+        super().__init__(message)
+        self.step = step
+        self.level = level
+
+
+@dataclass
+class StepEvent:
+    """What happened at one step. Tensors live on the training device; do not keep them."""
+
+    step: int  # t, counted from 1
+    loss: Tensor  # () task loss, on the device: reading it forces a host sync
+    updated: tuple[int, ...]  # indices (0-based) of the levels whose parameters changed at t
+    traces: list[LevelTrace]  # per level: input x, output y, linear inputs; [] without capture
+    surprise: list[Tensor | None]  # per level: u_l = dL/dy_l, (B, d); [] without capture
+    linear_grads: list[list[Tensor | None]]  # per level, per linear: gradient of its output
+    aux_losses: list[Tensor | None]  # per level: surprise objective value, None when off
+    loss_value: float | None = None  # host copy of loss, only on sync steps
+
+
+@dataclass
+class LevelUpdateEvent:
+    step: int
+    level: int  # 0-based index
+    update_norm: Tensor | None  # ||theta_after - theta_before||, on the device, if measured
+
+
+class Subscriber:
+    """Base class for trainer subscribers; override what you need."""
+
+    def on_start(self, trainer: "Trainer") -> None: ...
+    def on_step(self, event: StepEvent) -> None: ...
+    def on_level_update(self, event: LevelUpdateEvent) -> None: ...
+    def on_end(self, trainer: "Trainer", status: str, error: BaseException | None = None) -> None: ...
+
+
+class ProgressBar(Subscriber):
+    """tqdm progress in the terminal; shows the loss whenever the trainer syncs."""
+
+    def __init__(self, total: int, initial: int = 0, **tqdm_kwargs: Any):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, **tqdm_kwargs)
+
+    def on_step(self, event: StepEvent) -> None:
+        self.bar.update(1)
+        if event.loss_value is not None:
+            self.bar.set_postfix(loss=f"{event.loss_value:.4g}", refresh=False)
+
+    def on_end(self, trainer, status, error=None) -> None:
+        self.bar.close()
+
+
+@dataclass
+class RunResult:
+    status: str  # finished | stopped
+    steps: int  # steps done in total
+    seconds: float  # wall time of this call
+    final_loss: float | None  # loss of the last step
+    metrics: dict[str, float] = field(default_factory=dict)  # the task's evaluation at the end
+
+
+class Trainer:
+    """Trains a levelled model on a task under a TrainConfig; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        subscribers: Iterable[Subscriber] = (),
+        *,
+        model: nn.Module | None = None,
+        task: Task | None = None,
+        measure_updates: bool = False,
+    ):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.device_name = describe_device(self.device)
+        seed_everything(config.seed)
+        self.task = task if task is not None else make_task(config.task, config.task_options, self.device, config.seed)
+        if model is None:
+            model = CMS(config.model, self.task.input_dim, self.task.output_dim)
+        self.model = model.to(self.device).train()
+        self.n_levels = len(self.model.levels)
+        if self.n_levels != len(config.model.levels):
+            raise ConfigError(f"model: has {self.n_levels} levels but config.model.levels lists {len(config.model.levels)}")
+        self.clock = LevelClock(config.model.periods)
+        self.groups: list[UpdateGroup] = build_update_groups(self.model, config)
+        self.capture = SurpriseCapture(self.n_levels, config.surprise) if config.capture else None
+        self.subscribers: list[Subscriber] = list(subscribers)
+        self.measure_updates = measure_updates
+        self.sync_every = config.sync_every or (1 if self.device.type == "cpu" else 50)
+        self._first_bad = torch.zeros((), dtype=torch.long, device=self.device)
+        self._started = False
+        self._stop = False
+        self.last_loss: Tensor | None = None
+
+    # ------------------------------------------------------------------ stepping
+    def step(self) -> StepEvent:
+        """One optimizer step (Eq 31 for every level whose chunk ends now)."""
+        if not self._started:
+            self._started = True
+            for s in self.subscribers:
+                s.on_start(self)
+        t, _ = self.clock.tick()
+        x, target = self.task.batch(t, self.config.batch_size)
+        if self.capture is not None:
+            out, traces = self.model(x, return_internals=True)
+        else:
+            out, traces = self.model(x), []
+        loss = self.task.loss(out, target)
+        if self.capture is not None:
+            self.capture.attach(traces, t)
+        loss.backward()
+        self.last_loss = loss.detach()
+
+        loss_value = None
+        if t % self.sync_every == 0 or t == self.config.steps:
+            loss_value = float(self.last_loss)  # the one host read, at the sync cadence
+            if not math.isfinite(loss_value):
+                self._diverged(t, traces)
+        elif self.sync_every > 1:  # remember the first bad step without a host read
+            bad = ~torch.isfinite(self.last_loss) & (self._first_bad == 0)
+            self._first_bad = torch.where(bad, self._first_bad.new_full((), t), self._first_bad)
+
+        updated = self._update(t)
+        cap = self.capture
+        event = StepEvent(
+            step=t,
+            loss=self.last_loss,
+            updated=updated,
+            traces=traces,
+            surprise=cap.surprise if cap else [],
+            linear_grads=cap.linear_grads if cap else [],
+            aux_losses=cap.aux_losses if cap else [],
+            loss_value=loss_value,
+        )
+        for s in self.subscribers:
+            s.on_step(event)
+        return event
+
+    def _update(self, t: int) -> tuple[int, ...]:
+        updated: list[int] = []
+        for g in self.groups:
+            if t % g.period:
+                continue
+            if self.config.accumulate == "mean" and g.period > 1:
+                grads = [p.grad for p in g.params if p.grad is not None]
+                torch._foreach_mul_(grads, 1.0 / g.period)
+                if isinstance(g.optimizer, DGD):
+                    g.optimizer.scale_(1.0 / g.period)
+            before = [p.detach().clone() for p in g.params] if self.measure_updates else None
+            g.optimizer.step()
+            g.zero_grad()
+            levels = [lv for lv in g.levels if lv >= 0]
+            updated.extend(levels)
+            if self.subscribers:
+                norms = self._update_norms(g, before) if before is not None else {}
+                for lv in levels:
+                    ev = LevelUpdateEvent(step=t, level=lv, update_norm=norms.get(lv))
+                    for s in self.subscribers:
+                        s.on_level_update(ev)
+        return tuple(sorted(updated))
+
+    def _update_norms(self, g: UpdateGroup, before: list[Tensor]) -> dict[int, Tensor]:
+        old = dict(zip(map(id, g.params), before))
+        norms = {}
+        for lv, pg in zip(g.levels, g.optimizer.param_groups):
+            sq = [(p.detach() - old[id(p)]).pow(2).sum() for p in pg["params"]]
+            norms[lv] = torch.stack(sq).sum().sqrt()
+        return norms
+
+    def _diverged(self, t: int, traces: list[LevelTrace]) -> None:
+        first = int(self._first_bad) or t
+        level = None
+        if self.capture is not None:
+            level = next((l + 1 for l, u in enumerate(self.capture.surprise) if u is not None and not torch.isfinite(u).all()), None)
+        where = f"first non-finite surprise at level {level}" if level else "no level's surprise was non-finite"
+        act = next((l + 1 for l, tr in enumerate(traces) if not torch.isfinite(tr.y).all()), None)
+        if act:
+            where += f"; activations first non-finite at level {act}"
+        seen = f" (detected at step {t})" if first != t else ""
+        raise DivergenceError(f"loss became non-finite at step {first}{seen}; {where}", first, level)
+
+    # ------------------------------------------------------------------ running
+    def request_stop(self) -> None:
+        """Ask `run` to return after the current step (thread-safe: a plain flag)."""
+        self._stop = True
+
+    def run(self, steps: int | None = None, progress: bool = False) -> RunResult:
+        """Train up to `steps` more steps (default: to config.steps); end subscribers when done."""
+        self._stop = False
+        total = self.config.steps
+        stop_at = total if steps is None else min(total, self.clock.t + steps)
+        bar = ProgressBar(total=total, initial=self.clock.t) if progress else None
+        if bar is not None:
+            self.subscribers.append(bar)
+        start = time.perf_counter()
+        try:
+            while self.clock.t < stop_at and not self._stop:
+                self.step()
+        except DivergenceError as e:
+            self.end("diverged", e)
+            raise
+        except KeyboardInterrupt as e:
+            self.end("interrupted", e)
+            raise
+        except BaseException as e:
+            self.end("failed", e)
+            raise
+        finally:
+            if bar is not None:
+                bar.bar.close()
+                self.subscribers.remove(bar)
+        seconds = time.perf_counter() - start
+        finished = self.clock.t >= total
+        metrics = self.task.evaluate(self.model, self.clock.t) if finished else {}
+        if finished:
+            self.end("finished")
+        final = float(self.last_loss) if self.last_loss is not None else None
+        return RunResult("finished" if finished else "stopped", self.clock.t, seconds, final, metrics)
+
+    def end(self, status: str, error: BaseException | None = None) -> None:
+        for s in self.subscribers:
+            s.on_end(self, status, error)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit: model, optimizers, the grads of open
+        chunks, clock, task stream and RNG states. Only tensors and plain Python values,
+        so it loads with torch.load(weights_only=True)."""
+        grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        np_state = np.random.get_state()
+        rng = {
+            "torch": torch.get_rng_state(),
+            "python": random.getstate(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": json.dumps(self.config.to_dict()),
+            "model": self.model.state_dict(),
+            "optimizers": [g.optimizer.state_dict() for g in self.groups],
+            "grads": grads,
+            "clock": self.clock.state_dict(),
+            "task": self.task.state_dict(),
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint: format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
+        self.model.load_state_dict(state["model"])
+        for g, s in zip(self.groups, state["optimizers"], strict=True):
+            g.optimizer.load_state_dict(s)
+        params = dict(self.model.named_parameters())
+        for p in params.values():
+            p.grad = None
+        for n, grad in state["grads"].items():
+            params[n].grad = grad.to(params[n].device)
+        self.clock.load_state_dict(state["clock"])
+        self.task.load_state_dict(state["task"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in rng["python"]))
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._started = False
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write the checkpoint atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, subscribers: Iterable[Subscriber] = (), device: str | None = None, **kwargs: Any
+    ) -> "Trainer":
+        """Rebuild a trainer from a checkpoint (loaded with weights_only=True) and continue."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint: {path} is not an nlviz checkpoint")
+        config = TrainConfig.from_dict(json.loads(state["config"]))
+        if device is not None:
+            config = TrainConfig.from_dict({**config.to_dict(), "device": device})
+        trainer = cls(config, subscribers, **kwargs)
+        trainer.load_state_dict(state)
+        return trainer
