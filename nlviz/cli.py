@@ -1,0 +1,257 @@
+"""Command line: `python -m nlviz train ...` (see `python -m nlviz --help`).
+
+The decision to know: every argument is turned into a validated TrainConfig, and the
+device is resolved, before anything is written; a bad value prints one line naming the
+option and what is allowed, and exits with status 2 with no traceback and no files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+from .config import (
+    DEVICES,
+    OPTIMIZERS,
+    TASK_CONFIGS,
+    VARIANTS,
+    ConfigError,
+    LevelSpec,
+    ModelConfig,
+    SurpriseConfig,
+    TrainConfig,
+)
+
+__all__ = ["main", "config_from_args"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports an error in one line (no usage dump) and exits with 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _split(option: str, text: str, convert: Callable[[str], Any], what: str) -> list[Any]:
+    parts = [p.strip() for p in text.split(",")]
+    if text.strip() == "" or any(p == "" for p in parts):
+        raise ConfigError(f"{option}: must be a comma-separated list of {what}, got {text!r}")
+    out = []
+    for p in parts:
+        try:
+            out.append(convert(p))
+        except ValueError:
+            raise ConfigError(f"{option}: must be a comma-separated list of {what}, got {p!r}") from None
+    return out
+
+
+def _per_level(option: str, values: list[Any], k: int) -> list[Any]:
+    if len(values) == 1:
+        return values * k
+    if len(values) != k:
+        raise ConfigError(f"{option}: give one value or one per level ({k}), got {len(values)}")
+    return values
+
+
+def _period(text: str) -> int:
+    value = int(text)  # "2.5" and "x" raise ValueError
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _task_options(task: str, items: Sequence[str]):
+    cls = TASK_CONFIGS[task]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise ConfigError(f"--task-option: {task} takes KEY=VALUE with KEY one of {', '.join(fields)}; got {item!r}")
+        kind = type(fields[key].default)
+        try:
+            kwargs[key] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"--task-option: {key} must be {kind.__name__}, got {raw!r}") from None
+    return cls(**kwargs)
+
+
+def config_from_args(a: argparse.Namespace) -> TrainConfig:
+    """Turn parsed `train` arguments into a TrainConfig (raises ConfigError)."""
+    if a.levels.strip() == "":
+        raise ConfigError("--levels: must list at least one period, e.g. 1,8,64; got nothing")
+    periods = _split("--levels", a.levels, _period, "periods, each an integer >= 1 (e.g. 1,8,64)")
+    k = len(periods)
+    widths = _per_level("--widths", _split("--widths", a.widths, int, "integers"), k)
+    hidden = _per_level("--hidden", _split("--hidden", a.hidden, int, "integers"), k)
+    optims = _per_level("--optimizers", _split("--optimizers", a.optimizers, str, "names"), k)
+    lrs = _per_level("--lrs", _split("--lrs", a.lrs, float, "numbers"), k)
+    for o in optims:
+        if o not in OPTIMIZERS:
+            raise ConfigError(f"--optimizers: each must be one of {', '.join(OPTIMIZERS)}; got {o!r}")
+    levels = []
+    for i in range(k):
+        try:
+            levels.append(
+                LevelSpec(
+                    period=periods[i],
+                    width=widths[i],
+                    hidden=hidden[i],
+                    kind=a.first_level if i == 0 else "mlp",
+                    optimizer=optims[i],
+                    lr=lrs[i],
+                )
+            )
+        except ConfigError as e:
+            name, _, rest = str(e).partition(": ")
+            option = {"lr": "--lrs", "width": "--widths", "hidden": "--hidden", "period": "--levels"}.get(name, name)
+            raise ConfigError(f"{option}: level {i + 1}: {rest}") from None
+    model = ModelConfig(levels=tuple(levels), variant=a.variant, residual=not a.no_residual, norm=not a.no_norm)
+    weights = tuple(_split("--surprise-weights", a.surprise_weights, float, "numbers"))
+    surprise = SurpriseConfig(
+        enabled=a.surprise, weights=weights, every=a.surprise_every, clip=a.surprise_clip, sign=a.surprise_sign
+    )
+    return TrainConfig(
+        task=a.task,
+        task_options=_task_options(a.task, a.task_option),
+        model=model,
+        surprise=surprise,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        device=a.device,
+        accumulate=a.accumulate,
+        head_optimizer=a.head_optimizer,
+        head_lr=a.head_lr,
+        sync_every=a.sync_every,
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m nlviz", description="nlviz: train and inspect nested-learning models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train a CMS model on a task", description="Train a CMS model (Eq 30-31) on a task.")
+    t.add_argument("--task", default="multiscale", choices=tuple(TASK_CONFIGS), help="task (default multiscale)")
+    t.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task setting, repeatable (e.g. fast_period=25, correlation=0.5)")
+    t.add_argument("--levels", default="1,8,64", help="periods C(l), fastest first (default 1,8,64)")
+    t.add_argument("--widths", default="64", help="level widths: one, or one per level (default 64)")
+    t.add_argument("--hidden", default="256", help="MLP hidden sizes: one, or one per level (default 256)")
+    t.add_argument("--optimizers", default="adam", help="sgd|adam|dgd: one, or one per level (default adam)")
+    t.add_argument("--lrs", default="1e-3", help="learning rates: one, or one per level (default 1e-3)")
+    t.add_argument("--first-level", default="mlp", choices=("mlp", "lstm"), help="kind of the first level")
+    t.add_argument("--variant", default="sequential", choices=VARIANTS, help="how levels are wired")
+    t.add_argument("--no-residual", action="store_true", help="drop residual connections (the bare chain)")
+    t.add_argument("--no-norm", action="store_true", help="drop the LayerNorms")
+    t.add_argument("--accumulate", default="sum", choices=("sum", "mean"),
+                   help="Eq 31 sums a chunk's gradients; mean divides by C(l) (the prototype's convention)")
+    t.add_argument("--head-optimizer", default="adam", choices=("sgd", "adam"), help="optimizer of stem and head")
+    t.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of stem and head")
+    t.add_argument("--surprise", action="store_true", help="add the surprise auxiliary objective")
+    t.add_argument("--surprise-weights", default="0.1", help="its weight: one, or one per level")
+    t.add_argument("--surprise-every", type=int, default=1, help="add it every N steps")
+    t.add_argument("--surprise-clip", type=float, default=0.0, help="clip rows of u to this norm (0 = off)")
+    t.add_argument("--surprise-sign", default="consistent", choices=("consistent", "printed"),
+                   help="target -u (consistent) or +u (the printed Eq 27 sign)")
+    t.add_argument("--steps", type=int, default=1000, help="optimizer steps (default 1000)")
+    t.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
+    t.add_argument("--sync-every", type=int, default=0, help="host reads every N steps (0 = auto)")
+    t.add_argument("--out", required=True, help="directory for the checkpoint and summary (must be new or empty)")
+    t.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0 = at the end)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+# Config field -> the option that sets it, so errors name what the user typed.
+_OPTIONS = {
+    "steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "device": "--device",
+    "accumulate": "--accumulate", "head_lr": "--head-lr", "head_optimizer": "--head-optimizer",
+    "sync_every": "--sync-every", "levels.width": "--widths", "levels": "--levels",
+    "surprise.weights": "--surprise-weights", "surprise.every": "--surprise-every",
+    "surprise.clip": "--surprise-clip", "surprise.sign": "--surprise-sign",
+}
+
+
+def _fail(message: str) -> int:
+    field, sep, rest = message.partition(": ")
+    if sep and field in _OPTIONS:
+        message = f"{_OPTIONS[field]}: {rest}"
+    elif sep and field.startswith("task."):
+        message = f"--task-option {field[5:]}: {rest}"
+    print(f"nlviz: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .device import resolve_device
+
+    try:
+        config = config_from_args(a)
+        resolve_device(config.device)
+        if a.checkpoint_every < 0:
+            raise ConfigError(f"--checkpoint-every: must be an integer >= 0, got {a.checkpoint_every}")
+        out = Path(a.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"--out: {out} already exists and is not an empty directory; choose a new one")
+    except ConfigError as e:
+        return _fail(str(e))
+
+    import torch
+
+    from .trainer import DivergenceError, Subscriber, Trainer
+
+    class Checkpointer(Subscriber):
+        def __init__(self, every: int):
+            self.every = every
+
+        def on_step(self, event) -> None:
+            if self.every and event.step % self.every == 0:
+                trainer.save_checkpoint(out / "checkpoint.pt")
+
+    trainer = Trainer(config, [Checkpointer(a.checkpoint_every)])
+    out.mkdir(parents=True, exist_ok=True)
+    levels = ",".join(str(p) for p in config.model.periods)
+    print(f"nlviz: {config.task} on {trainer.device_name}, levels with periods {levels}, "
+          f"{config.steps} steps -> {out}", file=sys.stderr)
+    summary: dict[str, Any] = {"config": config.to_dict(), "device": trainer.device_name, "torch": torch.__version__}
+    start, status, code = time.time(), "finished", 0
+    try:
+        result = trainer.run(progress=not a.no_progress)
+        summary.update(final_loss=result.final_loss, metrics=result.metrics)
+    except DivergenceError as e:
+        status, code = "diverged", 1
+        summary.update(error=str(e), diverged_step=e.step, diverged_level=e.level)
+        print(f"nlviz: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        status, code = "interrupted", 130
+        print("nlviz: interrupted; checkpoint saved, continue from it with Trainer.from_checkpoint", file=sys.stderr)
+    seconds = time.time() - start
+    if status != "diverged":
+        trainer.save_checkpoint(out / "checkpoint.pt")
+    updates = [trainer.clock.t // p for p in config.model.periods]
+    summary.update(status=status, steps_done=trainer.clock.t, seconds=round(seconds, 3),
+                   steps_per_second=round(trainer.clock.t / max(seconds, 1e-9), 1), level_updates=updates)
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(out / "summary.json")
+    if status == "finished":
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
+        print(f"nlviz: {status}: {trainer.clock.t} steps in {seconds:.1f} s "
+              f"({summary['steps_per_second']:.0f} steps/s); final loss {result.final_loss:.4g}; {metrics}",
+              file=sys.stderr)
+        print(f"nlviz: wrote {out / 'checkpoint.pt'} and {out / 'summary.json'}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if args.command == "train":
+        return _train(args)
+    return 2  # unreachable: argparse requires a command
