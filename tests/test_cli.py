@@ -1,0 +1,73 @@
+"""The command line: one-line errors with exit status 2 and no files; a real run writes its outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+BAD_ARGS = [
+    (["--levels", "0,8"], "--levels"),
+    (["--levels", "1.5"], "--levels"),
+    (["--levels", ""], "--levels"),
+    (["--steps", "0"], "--steps"),
+    (["--lrs", "0"], "--lrs"),
+    (["--lrs", "nan"], "--lrs"),
+    (["--lrs", "1e-3,2e-3"], "--lrs"),
+    (["--task", "imagenet"], "--task"),
+    (["--optimizers", "rmsprop"], "--optimizers"),
+    (["--variant", "diagonal"], "--variant"),
+    (["--device", "tpu"], "--device"),
+    (["--task-option", "dim=0"], "--task-option dim"),
+    (["--task-option", "colour=red"], "--task-option"),
+]
+
+
+def _nlviz(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "nlviz", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=120)
+
+
+@pytest.mark.parametrize("args,option", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, option):
+    out = tmp_path / "run"
+    proc = _nlviz("train", "--out", str(out), *args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert option in lines[0]
+    assert not out.exists()
+
+
+def test_cuda_without_cuda_is_an_error(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = _nlviz("train", "--device", "cuda", "--out", str(tmp_path / "r"), env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "nlviz: error: --device: cuda was requested but CUDA is not available here; use auto or cpu"
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_lists_the_train_command():
+    proc = _nlviz("--help")
+    assert proc.returncode == 0 and "train" in proc.stdout
+
+
+def test_a_run_writes_checkpoint_and_summary_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "run"
+    proc = _nlviz("train", "--task", "digits", "--levels", "1,4", "--optimizers", "adam,dgd", "--lrs", "1e-3,1e-4",
+                  "--steps", "40", "--device", "cpu", "--no-progress", "--out", str(out),
+                  "--task-option", "steps_per_task=10")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps_done"] == 40
+    assert summary["level_updates"] == [40, 10]
+    assert summary["config"]["model"]["levels"][1]["optimizer"] == "dgd"
+    assert 0.0 <= summary["metrics"]["acc_mean_seen"] <= 1.0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["clock"]["t"] == 40
+    again = _nlviz("train", "--steps", "5", "--out", str(out))
+    assert again.returncode == 2 and "--out" in again.stderr

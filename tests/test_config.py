@@ -1,0 +1,76 @@
+"""Every invalid configuration fails at construction with one line naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from nlviz import (
+    ConfigError,
+    DigitsConfig,
+    LevelSpec,
+    ModelConfig,
+    MultiscaleConfig,
+    RecallConfig,
+    SurpriseConfig,
+    TrainConfig,
+)
+
+BAD = [
+    (lambda: LevelSpec(period=0), "period"),
+    (lambda: LevelSpec(period=2.5), "period"),
+    (lambda: LevelSpec(period=True), "period"),
+    (lambda: LevelSpec(lr=0), "lr"),
+    (lambda: LevelSpec(lr=-1e-3), "lr"),
+    (lambda: LevelSpec(lr=math.nan), "lr"),
+    (lambda: LevelSpec(lr=math.inf), "lr"),
+    (lambda: LevelSpec(optimizer="rmsprop"), "optimizer"),
+    (lambda: LevelSpec(kind="gru"), "kind"),
+    (lambda: LevelSpec(width=0), "width"),
+    (lambda: ModelConfig(levels=()), "levels"),
+    (lambda: ModelConfig(variant="nested-ish"), "variant"),
+    (lambda: ModelConfig(levels=(LevelSpec(), LevelSpec(kind="lstm"))), "levels[1].kind"),
+    (lambda: ModelConfig(levels=(LevelSpec(width=8), LevelSpec(width=9)), variant="independent"), "levels.width"),
+    (lambda: ModelConfig(residual="yes"), "residual"),
+    (lambda: SurpriseConfig(every=0), "surprise.every"),
+    (lambda: SurpriseConfig(sign="plus"), "surprise.sign"),
+    (lambda: SurpriseConfig(clip=-1.0), "surprise.clip"),
+    (lambda: SurpriseConfig(weights=()), "surprise.weights"),
+    (lambda: TrainConfig(steps=0), "steps"),
+    (lambda: TrainConfig(steps=1.5), "steps"),
+    (lambda: TrainConfig(task="imagenet"), "task"),
+    (lambda: TrainConfig(device="tpu"), "device"),
+    (lambda: TrainConfig(batch_size=0), "batch_size"),
+    (lambda: TrainConfig(head_lr=math.nan), "head_lr"),
+    (lambda: TrainConfig(head_optimizer="dgd"), "head_optimizer"),
+    (lambda: TrainConfig(accumulate="median"), "accumulate"),
+    (lambda: TrainConfig(task="digits", task_options=RecallConfig()), "task_options"),
+    (lambda: TrainConfig(surprise=SurpriseConfig(weights=(0.1, 0.2))), "surprise.weights"),
+    (lambda: TrainConfig(surprise=SurpriseConfig(enabled=True), capture=False), "capture"),
+    (lambda: MultiscaleConfig(fast_period=1), "task.fast_period"),
+    (lambda: RecallConfig(correlation=1.0), "task.correlation"),
+    (lambda: DigitsConfig(classes_per_task=0), "task.classes_per_task"),
+    (lambda: DigitsConfig(test_fraction=0.0), "task.test_fraction"),
+]
+
+
+@pytest.mark.parametrize("make,field", BAD, ids=[f for _, f in BAD])
+def test_bad_configuration_names_the_field(make, field):
+    with pytest.raises(ConfigError) as info:
+        make()
+    message = str(info.value)
+    assert message.startswith(f"{field}: "), message
+    assert "\n" not in message
+
+
+def test_defaults_are_valid_and_round_trip_through_a_dict():
+    cfg = TrainConfig(task="digits", surprise=SurpriseConfig(enabled=True, weights=(0.1, 0.2, 0.3)))
+    assert cfg.model.periods == (1, 8, 64)
+    assert isinstance(cfg.task_options, DigitsConfig)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ConfigError, match="^stepz: not a TrainConfig field"):
+        TrainConfig.from_dict({"stepz": 3})

@@ -1,0 +1,173 @@
+"""The trainer: events, checkpoints that resume bit-for-bit, divergence, devices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nlviz import (
+    ConfigError,
+    DivergenceError,
+    LevelClock,
+    LevelSpec,
+    ModelConfig,
+    Subscriber,
+    SurpriseConfig,
+    Trainer,
+    TrainConfig,
+    resolve_device,
+)
+from nlviz.tasks import MultiscaleTask
+
+from conftest import tiny_config
+
+
+class Recorder(Subscriber):
+    def __init__(self):
+        self.calls, self.updates, self.norms = [], [], []
+
+    def on_start(self, trainer):
+        self.calls.append("start")
+
+    def on_step(self, event):
+        self.calls.append(event.step)
+
+    def on_level_update(self, event):
+        self.updates.append((event.step, event.level))
+        self.norms.append(event.update_norm)
+
+    def on_end(self, trainer, status, error=None):
+        self.calls.append(status)
+
+
+def test_events_follow_the_clock_and_update_norms_are_the_parameter_change():
+    rec = Recorder()
+    trainer = Trainer(tiny_config((1, 3, 4), steps=12), [rec], measure_updates=True)
+    level2 = trainer.model.levels[1]
+    before = torch.cat([p.detach().flatten().clone() for p in level2.parameters()])
+    trainer.run(steps=3)
+    after = torch.cat([p.detach().flatten() for p in level2.parameters()])
+    assert rec.updates[-1] == (3, 1)
+    torch.testing.assert_close(rec.norms[-1], (after - before).norm())
+    result = trainer.run()
+    assert result.status == "finished" and result.steps == 12
+    assert rec.calls == ["start", *range(1, 13), "finished"]
+    assert rec.updates == LevelClock((1, 3, 4)).updates_between(1, 12)
+    assert set(result.metrics) == {"mse", "mse_vs_slow_only", "mse_vs_fast_only"}
+
+
+def _resume_config():
+    levels = (
+        LevelSpec(kind="lstm", width=8, period=1, optimizer="adam", lr=1e-2),
+        LevelSpec(width=8, hidden=16, period=4, optimizer="dgd", lr=1e-3),
+        LevelSpec(width=8, hidden=16, period=3, optimizer="sgd", lr=1e-2),
+    )
+    return TrainConfig(
+        task="recall",
+        model=ModelConfig(levels=levels),
+        surprise=SurpriseConfig(enabled=True, weights=(0.1,), every=2),
+        accumulate="mean",
+        steps=20,
+        batch_size=4,
+        device="cpu",
+    )
+
+
+def test_checkpoint_resumes_bit_for_bit(tmp_path):
+    straight = Trainer(_resume_config())
+    straight.run()
+
+    first = Trainer(_resume_config())
+    first.run(steps=9)  # mid-chunk for the period-4 and period-3 levels
+    path = first.save_checkpoint(tmp_path / "ck.pt")
+    assert not (tmp_path / "ck.pt.tmp").exists()
+    torch.load(path, weights_only=True)  # loads without unpickling arbitrary objects
+    resumed = Trainer.from_checkpoint(path)
+    assert resumed.clock.t == 9
+    resumed.run()
+    for (n, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(p, q), n
+    assert torch.equal(straight.model.levels[0].state[0], resumed.model.levels[0].state[0])
+
+
+def test_from_checkpoint_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "x.pt"
+    torch.save({"hello": torch.zeros(1)}, bad)
+    with pytest.raises(ValueError, match="not an nlviz checkpoint"):
+        Trainer.from_checkpoint(bad)
+
+
+class _PoisonedTask(MultiscaleTask):
+    """Feeds an infinite input at one step."""
+
+    bad_step = 5
+
+    def batch(self, t, batch_size):
+        x, y = super().batch(t, batch_size)
+        if t == self.bad_step:
+            x = x.clone()
+            x[0, 0] = float("inf")
+        return x, y
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_non_finite_loss_stops_with_the_step_and_first_level(sync_every):
+    cfg = tiny_config((1, 2), steps=20, sync_every=sync_every, norm=False)
+    rec = Recorder()
+    trainer = Trainer(cfg, [rec], task=_PoisonedTask(cfg.task_options, "cpu", 0))
+    with pytest.raises(DivergenceError) as info:
+        trainer.run()
+    err = info.value
+    assert err.step == 5 and "step 5" in str(err)
+    if sync_every == 1:
+        assert err.level == 1 and "level 1" in str(err)
+        assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the bad step did not update
+    else:
+        assert "detected at step 8" in str(err)
+    assert rec.calls[-1] == "diverged"
+
+
+def test_device_resolution(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    with pytest.raises(ConfigError, match="^device: cuda was requested"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="^device: mps"):
+        resolve_device("mps")
+    with pytest.raises(ConfigError, match="^device:"):
+        Trainer(tiny_config(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+
+
+def test_same_seed_same_run_other_seed_other_run():
+    a, b, c = (Trainer(tiny_config(seed=s, steps=10)) for s in (3, 3, 4))
+    for t in (a, b, c):
+        t.run()
+    pa, pb, pc = (torch.cat([p.flatten() for p in t.model.parameters()]) for t in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_request_stop_returns_early_without_ending():
+    rec = Recorder()
+
+    class StopAt(Subscriber):
+        def on_step(self, event):
+            if event.step == 4:
+                trainer.request_stop()
+
+    trainer = Trainer(tiny_config(steps=10), [rec, StopAt()])
+    result = trainer.run()
+    assert result.status == "stopped" and result.steps == 4 and rec.calls[-1] == 4
+    assert trainer.run().status == "finished" and rec.calls[-1] == "finished"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU")
+def test_cuda_training_matches_the_cpu_semantics():
+    cfg = tiny_config((1, 2), steps=10, device="cuda")
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    assert trainer.device.type == "cuda" and result.status == "finished"
+    assert all(p.is_cuda for p in trainer.model.parameters())
+    assert torch.isfinite(torch.tensor(result.final_loss))
