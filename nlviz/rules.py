@@ -56,6 +56,8 @@ def outer_sum(grad_y: Tensor, x: Tensor) -> Tensor:
     """Sum over the batch of u (x) x = u x^T, shape (d_out, d_in) (Eq 25: equals grad_W L)."""
     u2 = grad_y.reshape(-1, grad_y.shape[-1])
     x2 = x.reshape(-1, x.shape[-1])
+    if u2.shape[0] != x2.shape[0]:
+        raise ValueError(f"grad_y, x: need the same number of rows, got {tuple(grad_y.shape)} and {tuple(x.shape)}")
     return u2.transpose(0, 1) @ x2
 
 
@@ -89,7 +91,12 @@ def delta_solve(W: Tensor, xx: Tensor, ux: Tensor, lr: float) -> Tensor:
     positive-definite system (no host synchronisation: `solve_ex` skips error checks).
     This is what a DGD optimizer needs: both sums accumulate over a chunk (Eq 31).
     """
-    d_in = W.shape[1]
+    d_out, d_in = W.shape
+    if xx.shape != (d_in, d_in) or ux.shape != (d_out, d_in):
+        raise ValueError(
+            f"xx, ux: expected ({d_in}, {d_in}) and ({d_out}, {d_in}) for W {tuple(W.shape)}, "
+            f"got {tuple(xx.shape)} and {tuple(ux.shape)}"
+        )
     work = torch.promote_types(W.dtype, torch.float32)
     A = torch.eye(d_in, dtype=work, device=W.device) + lr * xx.to(work)  # (d_in, d_in)
     rhs = (W.to(work) - lr * ux.to(work)).transpose(0, 1)  # (d_in, d_out)
@@ -105,22 +112,21 @@ def delta_step(W: Tensor, x: Tensor, grad_y: Tensor, lr: float) -> Tensor:
     W (I - a x x^T) - a u x^T, a = lr / (1 + lr); as lr -> inf it writes W x = -u exactly.
 
     For a batch (B, d_in) the exact minimiser of the summed objective is
-    (W - lr U^T X)(I + lr X^T X)^{-1}; when B < d_in it is computed through the
-    Woodbury identity with a B x B solve instead of a d_in x d_in one.
+    (W - lr U^T X)(I + lr X^T X)^{-1}. When B < d_in it is computed in the equal form
+    W - (W X^T + U^T)(I/lr + X X^T)^{-1} X, a B x B solve that stays accurate in float32
+    even for a huge lr (the batched form of "erase, then write").
     """
     x2, u2 = _batched(W, x, grad_y)
+    work = torch.promote_types(W.dtype, torch.float32)
     if x.dim() == 1:
         a = lr / (1.0 + lr * float(x.double().pow(2).sum()))
-        return W - a * torch.outer(W @ x + grad_y, x).to(W.dtype)
+        xw, uw = x.to(work), grad_y.to(work)
+        return (W.to(work) - a * torch.outer(W.to(work) @ xw + uw, xw)).to(W.dtype)
     B, d_in = x2.shape
     if B >= d_in:
         return delta_solve(W, x2.transpose(0, 1) @ x2, outer_sum(u2, x2), lr)
-    # Woodbury: (I + lr X^T X)^{-1} = I - lr X^T (I_B + lr X X^T)^{-1} X, so the minimiser
-    # W_t - lr U^T X - lr (W_t X^T - lr U^T X X^T) K^{-1} X with K = I_B + lr X X^T.
-    work = torch.promote_types(W.dtype, torch.float32)
     Wt, X, U = W.to(work), x2.to(work), u2.to(work)
-    K = torch.eye(B, dtype=work, device=W.device) + lr * X @ X.transpose(0, 1)  # (B, B)
-    P = Wt - lr * U.transpose(0, 1) @ X  # (d_out, d_in)
-    R = P @ X.transpose(0, 1)  # (d_out, B)
-    sol, _ = torch.linalg.solve_ex(K, R.transpose(0, 1))  # K symmetric: (B, d_out)
-    return (P - lr * sol.transpose(0, 1) @ X).to(W.dtype)
+    E = Wt @ X.transpose(0, 1) + U.transpose(0, 1)  # (d_out, B): prediction error W x + u per row
+    K = torch.eye(B, dtype=work, device=W.device) / lr + X @ X.transpose(0, 1)  # (B, B)
+    sol, _ = torch.linalg.solve_ex(K, E.transpose(0, 1))  # K symmetric: (B, d_out)
+    return (Wt - sol.transpose(0, 1) @ X).to(W.dtype)
