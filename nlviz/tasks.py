@@ -15,8 +15,9 @@ a checkpoint of the generator state resumes the stream exactly.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Protocol
+from typing import Iterator, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,18 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, t: int) -> dict[str, float]: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode without gradients, restoring the model's mode afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was)
 
 
 def _generator(device: torch.device, seed: int) -> torch.Generator:
@@ -89,21 +102,17 @@ class MultiscaleTask(_Stream):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(pred, target)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, t: int) -> dict[str, float]:
         """Loss at time t on a fixed probe batch, against the full, slow-only and fast-only maps."""
-        was = model.training
-        model.eval()
         probe = torch.randn(256, self.input_dim, generator=_generator(self.device, 12345), device=self.device)
-        pred = model(probe)
+        with _evaluating(model):
+            pred = model(probe)
         slow, fast = self.components(t)
-        out = {
+        return {
             "mse": float(F.mse_loss(pred, probe @ (slow + fast).T)),
             "mse_vs_slow_only": float(F.mse_loss(pred, probe @ slow.T)),
             "mse_vs_fast_only": float(F.mse_loss(pred, probe @ fast.T)),
         }
-        model.train(was)
-        return out
 
 
 def make_pairs(
@@ -140,14 +149,10 @@ class RecallTask(_Stream):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(pred, target)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, t: int) -> dict[str, float]:
         """Recall error over all stored pairs."""
-        was = model.training
-        model.eval()
-        err = float(F.mse_loss(model(self.keys), self.values))
-        model.train(was)
-        return {"recall_mse": err}
+        with _evaluating(model):
+            return {"recall_mse": float(F.mse_loss(model(self.keys), self.values))}
 
 
 class DigitsTask(_Stream):
@@ -189,19 +194,16 @@ class DigitsTask(_Stream):
     def loss(self, pred: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(pred, target)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module, t: int) -> dict[str, float]:
         """Test accuracy on each task so far, and their mean (class-incremental: all 10 outputs)."""
-        was = model.training
-        model.eval()
         out = {}
         seen = self.task_index(max(t, 1)) + 1
-        for i in range(seen):
-            rows = self.test_rows[i]
-            acc = (model(self.X[rows]).argmax(-1) == self.y[rows]).float().mean()
-            out[f"acc_task{i + 1}"] = float(acc)
+        with _evaluating(model):
+            for i in range(seen):
+                rows = self.test_rows[i]
+                acc = (model(self.X[rows]).argmax(-1) == self.y[rows]).float().mean()
+                out[f"acc_task{i + 1}"] = float(acc)
         out["acc_mean_seen"] = sum(out.values()) / seen
-        model.train(was)
         return out
 
 
