@@ -38,7 +38,10 @@ class LevelTrace:
     x: Tensor  # (B, d_in) the level's input
     y: Tensor  # (B, d) the level's output y_l
     linear_inputs: tuple[Tensor, ...]  # input of each of level.linears, aligned with it
-    linear_outputs: tuple[Tensor, ...]  # output of each of level.linears (before activation)
+    # Output of each of level.linears (before activation), or None where that output's
+    # gradient is the level's own output gradient (the output layer and the skip projection,
+    # because the block ends in their sum).
+    linear_outputs: tuple[Tensor | None, ...]
 
 
 class MLPLevel(nn.Module):
@@ -70,9 +73,9 @@ class MLPLevel(nn.Module):
         y = o if s is None else o + s  # (B, d)
         if not trace:
             return y, None
-        ins, outs = (n, a), (z, o)
+        ins, outs = (n, a), (z, None)
         if isinstance(self.skip, nn.Linear):
-            ins, outs = ins + (x,), outs + (s,)
+            ins, outs = ins + (x,), outs + (None,)
         return y, LevelTrace(x=x, y=y, linear_inputs=ins, linear_outputs=outs)
 
 
@@ -125,7 +128,7 @@ class LSTMLevel(nn.Module):
         y = h if s is None else h + s
         if not trace:
             return y, None
-        ins, outs = ((x,), (s,)) if isinstance(self.skip, nn.Linear) else ((), ())
+        ins, outs = ((x,), (None,)) if isinstance(self.skip, nn.Linear) else ((), ())
         return y, LevelTrace(x=x, y=y, linear_inputs=ins, linear_outputs=outs)
 
     def get_extra_state(self) -> dict:

@@ -245,7 +245,8 @@ class TrainConfig:
     accumulate: str = "sum"  # Eq 31 sums a chunk's gradients; "mean" divides by C(l) (the prototype's convention)
     head_optimizer: str = "adam"  # optimizer of the input and output projections (period 1)
     head_lr: float = 1e-3  # their learning rate
-    capture: bool = True  # record each level's surprise u_l and linear inputs every step
+    capture: bool = True  # record each level's input, output y_l and surprise u_l every step
+    linears_every: int = 1  # with capture, also each linear layer's input and output gradient every N steps (0 = never); costs activation memory
     sync_every: int = 0  # host reads (progress, non-finite check) every N steps; 0 = 1 on cpu, 50 on gpu
 
     def __post_init__(self) -> None:
@@ -274,6 +275,7 @@ class TrainConfig:
         _choice("head_optimizer", self.head_optimizer, ("sgd", "adam"))
         _positive("head_lr", self.head_lr)
         _bool("capture", self.capture)
+        _int("linears_every", self.linears_every, 0)
         _int("sync_every", self.sync_every, 0)
         if self.surprise.enabled and not self.capture:
             raise ConfigError("capture: the surprise objective reads u_l, so capture must be true when surprise.enabled is")

@@ -17,6 +17,7 @@ tuple of its nn.Linear layers), `io_parameters()`, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -68,9 +69,9 @@ class StepEvent:
     step: int  # t, counted from 1
     loss: Tensor  # () task loss, on the device: reading it forces a host sync
     updated: tuple[int, ...]  # indices (0-based) of the levels whose parameters changed at t
-    traces: list[LevelTrace]  # per level: input x, output y, linear inputs; [] without capture
+    traces: list[LevelTrace]  # per level: input x, output y (and linear inputs); [] without capture
     surprise: list[Tensor | None]  # per level: u_l = dL/dy_l, (B, d); [] without capture
-    linear_grads: list[list[Tensor | None]]  # per level, per linear: gradient of its output
+    linear_grads: list[list[Tensor | None]]  # per level, per linear: gradient of its output (on linears_every steps)
     aux_losses: list[Tensor | None]  # per level: surprise objective value, None when off
     loss_value: float | None = None  # host copy of loss, only on sync steps
 
@@ -153,21 +154,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> StepEvent:
-        """One optimizer step (Eq 31 for every level whose chunk ends now)."""
+        """One optimizer step (Eq 31 for every level whose chunk ends now); returns its event."""
+        return self._step(keep=True)
+
+    def _step(self, keep: bool) -> StepEvent:
         if not self._started:
             self._started = True
             for s in self.subscribers:
                 s.on_start(self)
-        t, _ = self.clock.tick()
+        t, due = self.clock.tick()
         x, target = self.task.batch(t, self.config.batch_size)
-        if self.capture is not None:
+        cap = self.capture
+        if cap is not None:
             out, traces = self.model(x, return_internals=True)
+            every = self.config.linears_every
+            if not every or t % every:  # drop the linear records so their tensors can be freed early
+                traces = [dataclasses.replace(tr, linear_inputs=(), linear_outputs=()) for tr in traces]
         else:
             out, traces = self.model(x), []
         loss = self.task.loss(out, target)
-        if self.capture is not None:
-            self.capture.attach(traces, t)
+        if cap is not None:
+            cap.attach(traces, t)
         loss.backward()
+        if cap is not None:
+            cap.collect(traces)
         self.last_loss = loss.detach()
 
         loss_value = None
@@ -179,12 +189,12 @@ class Trainer:
             bad = ~torch.isfinite(self.last_loss) & (self._first_bad == 0)
             self._first_bad = torch.where(bad, self._first_bad.new_full((), t), self._first_bad)
 
-        updated = self._update(t)
-        cap = self.capture
+        # Subscribers see the step before the parameters move: activations and surprises
+        # belong to the parameters that produced them, and `updated` says who moves next.
         event = StepEvent(
             step=t,
             loss=self.last_loss,
-            updated=updated,
+            updated=due,
             traces=traces,
             surprise=cap.surprise if cap else [],
             linear_grads=cap.linear_grads if cap else [],
@@ -193,10 +203,15 @@ class Trainer:
         )
         for s in self.subscribers:
             s.on_step(event)
+        if not keep:  # free the activations before the optimizer allocates its temporaries
+            del event, traces, out, x
+            if cap is not None:
+                cap.release()
+            event = None
+        self._update(t)
         return event
 
-    def _update(self, t: int) -> tuple[int, ...]:
-        updated: list[int] = []
+    def _update(self, t: int) -> None:
         for g in self.groups:
             if t % g.period:
                 continue
@@ -208,15 +223,14 @@ class Trainer:
             before = [p.detach().clone() for p in g.params] if self.measure_updates else None
             g.optimizer.step()
             g.zero_grad()
-            levels = [lv for lv in g.levels if lv >= 0]
-            updated.extend(levels)
             if self.subscribers:
                 norms = self._update_norms(g, before) if before is not None else {}
-                for lv in levels:
+                for lv in g.levels:
+                    if lv < 0:
+                        continue
                     ev = LevelUpdateEvent(step=t, level=lv, update_norm=norms.get(lv))
                     for s in self.subscribers:
                         s.on_level_update(ev)
-        return tuple(sorted(updated))
 
     def _update_norms(self, g: UpdateGroup, before: list[Tensor]) -> dict[int, Tensor]:
         old = dict(zip(map(id, g.params), before))
@@ -254,7 +268,7 @@ class Trainer:
         start = time.perf_counter()
         try:
             while self.clock.t < stop_at and not self._stop:
-                self.step()
+                self._step(keep=False)
         except DivergenceError as e:
             self.end("diverged", e)
             raise

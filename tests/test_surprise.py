@@ -114,3 +114,42 @@ def test_printed_sign_target_moves_level_output_up_the_loss():
         y_new = y.detach() + 0.1 * v  # a small move toward the target
         new_loss = 0.5 * (y_new - target).pow(2).sum()
         assert (new_loss - loss.detach()).sign().item() == direction
+
+
+def test_recorded_output_layer_gradient_includes_the_objective_and_rebuilds_grad_w():
+    """With the objective on, the output layer's recorded gradient is what autograd used."""
+    surprise = SurpriseConfig(enabled=True, weights=(0.5,))
+    trainer = Trainer(tiny_config((100,), surprise=surprise))  # the level keeps its gradient
+    event = trainer.step()
+    level = trainer.model.levels[0]
+    j = level.linears.index(level.output_layer)
+    rebuilt = rules.outer_sum(event.linear_grads[0][j], event.traces[0].linear_inputs[j])
+    torch.testing.assert_close(rebuilt, level.output_layer.weight.grad)
+    assert not torch.allclose(event.linear_grads[0][j], event.surprise[0])  # u_l is the incoming part
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_a_finished_step_leaves_nothing_alive(enabled):
+    """Neither capture nor the objective's hook may keep a step's tensors alive (no cycles)."""
+    import gc
+    import weakref
+
+    trainer = Trainer(tiny_config((1, 2), surprise=SurpriseConfig(enabled=enabled)))
+    event = trainer.step()
+    refs = [weakref.ref(tr.y) for tr in event.traces] + [weakref.ref(u) for u in event.surprise]
+    del event
+    trainer.step()  # the next step replaces what the capture held
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_linear_records_follow_their_cadence_and_do_not_change_training():
+    a = Trainer(tiny_config((1, 2), linears_every=3))
+    b = Trainer(tiny_config((1, 2), linears_every=1))
+    recorded = []
+    for _ in range(6):
+        ea, eb = a.step(), b.step()
+        recorded.append(len(ea.traces[0].linear_inputs) > 0)
+        torch.testing.assert_close(ea.surprise[1], eb.surprise[1], rtol=0, atol=0)
+    assert recorded == [False, False, True, False, False, True]
+    assert ea.linear_grads[0] and Trainer(tiny_config(linears_every=0)).step().linear_grads[0] == []

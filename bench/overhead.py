@@ -1,0 +1,219 @@
+"""Overhead benchmarks: what surprise capture and the nlviz Trainer cost over plain PyTorch.
+
+Prints one `name: ratio` line per measure (targets and latest figures: docs/benchmarks.md):
+
+    surprise_time               step time, surprise capture (u_l, y_l) / none      (<= 1.10)
+    surprise_memory             peak memory, surprise capture / none               (<= 1.10)
+    capture_full_time           step time, the default capture (u_l, y_l, and every
+                                linear layer's input and output gradient) / none
+    capture_full_memory         peak memory, the default capture / none
+    trainer_vs_plain            throughput, Trainer (defaults) / a plain loop      (>= 0.95)
+    trainer_vs_plain_nocapture  the same with capture off                          (>= 0.95)
+
+Every measure uses one model: a CMS of 3 MLP levels (width 64, hidden 256, every period 1,
+Adam at lr 1e-3 everywhere), batch 32, the multiscale task with dim 64, seed 0. The plain
+loop is one torch.optim.Adam over the same CMS on the same batches.
+
+The decision to know: all sides live in one process and run in short blocks that alternate
+(A B C, then C B A, ...) after a warm-up; a side's step time is the median of its block
+times, so a noisy machine slows every side alike. Peak memory is the most bytes torch held,
+above what it held before, while building a trainer and running `--memory-steps` steps:
+torch.cuda.max_memory_allocated on CUDA; on the CPU, which keeps no such counter, the
+running sum of the CPU allocator's allocation and free events recorded by
+torch.profiler(profile_memory=True). Both count tensor storage only, not Python objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import os
+import platform
+import statistics
+import time
+
+# Kineto, behind torch.profiler, logs every profiler start and stop to stderr unless told
+# otherwise before torch is imported.
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from nlviz import CMS, LevelSpec, ModelConfig, MultiscaleConfig, Trainer, TrainConfig, make_task
+from nlviz.config import ConfigError
+from nlviz.device import describe_device, resolve_device, seed_everything
+
+
+# What each side records: none, the surprise alone, or the default (everything, every step).
+CAPTURE = {"none": (False, 0), "surprise": (True, 0), "full": (True, 1)}
+
+
+def make_config(device: str, capture: str, levels: int = 3, width: int = 64) -> TrainConfig:
+    specs = tuple(LevelSpec(period=1, width=width, hidden=4 * width) for _ in range(levels))
+    on, linears_every = CAPTURE[capture]
+    return TrainConfig(
+        model=ModelConfig(levels=specs),
+        task_options=MultiscaleConfig(dim=64),
+        steps=10**9,  # never "finished": run() would evaluate the task at the end
+        device=device,
+        capture=on,
+        linears_every=linears_every,
+    )
+
+
+class PlainLoop:
+    """The hand-written reference: the same CMS and batches, one Adam, nothing else."""
+
+    def __init__(self, config: TrainConfig):
+        device = resolve_device(config.device)
+        seed_everything(config.seed)  # the Trainer's order of seeding and building: same weights
+        self.task = make_task(config.task, config.task_options, device, config.seed)
+        self.model = CMS(config.model, self.task.input_dim, self.task.output_dim).to(device).train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.head_lr)
+        self.batch_size, self.t, self.last_loss = config.batch_size, 0, None
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            self.t += 1
+            x, target = self.task.batch(self.t, self.batch_size)
+            loss = self.task.loss(self.model(x), target)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        self.last_loss = loss.detach()
+
+
+def step_times(runners: dict, rounds: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each runner over `rounds` alternating blocks of `steps`."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    order = list(runners)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            sync()
+            start = time.perf_counter()
+            runners[name].run(steps)
+            sync()
+            times[name].append((time.perf_counter() - start) / steps)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_bytes(config: TrainConfig, steps: int, device: torch.device) -> int:
+    """Most bytes torch held, above what it held before, while building a Trainer and running it."""
+    gc.collect()  # so that no older tensor is freed inside the window
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        Trainer(config).run(steps)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated(device) - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        Trainer(config).run(steps)
+    # The raw results (which torch's own memory profiler also reads) keep every allocation with
+    # its time; prof.events() folds the ones made inside an op into that op's totals.
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    held = peak = 0
+    for e in events:
+        held += e.nbytes()  # negative for a free
+        peak = max(peak, held)
+    return peak
+
+
+def sides(device: str, **model) -> dict:
+    """The three runners, built alike and checked to compute the same losses after a step."""
+    runners = {
+        "trainer+full": Trainer(make_config(device, "full", **model)),
+        "trainer+surprise": Trainer(make_config(device, "surprise", **model)),
+        "trainer": Trainer(make_config(device, "none", **model)),
+        "plain": PlainLoop(make_config(device, "none", **model)),
+    }
+    for r in runners.values():
+        r.run(1)
+    losses = [r.last_loss for r in runners.values()]
+    if not all(torch.allclose(losses[0], loss) for loss in losses):
+        raise RuntimeError(f"the sides do not compute the same thing: first losses {[float(v) for v in losses]}")
+    return runners
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--steps", type=positive, default=50, help="steps per timed block (default 50)")
+    parser.add_argument("--rounds", type=positive, default=60, help="timed blocks per side (default 60)")
+    parser.add_argument("--memory-steps", type=positive, default=100, help="steps of each peak-memory run (default 100)")
+    parser.add_argument("--threads", type=positive, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=None,
+                        help="step time vs width and vs levels (default: on, off with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.memory_steps = 20, 5, 20
+    scaling = not args.quick if args.scaling is None else args.scaling
+    torch.set_num_threads(args.threads)  # one thread: at these sizes more are slower here, and noisier
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as e:
+        parser.error(str(e))
+    mem_method = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler CPU allocator events"
+
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, device {describe_device(device)}")
+    print(f"date: {datetime.date.today()}")
+    print("model: CMS 3 MLP levels (width 64, hidden 256, period 1), Adam lr 1e-3, batch 32, multiscale dim 64, seed 0")
+    print(f"timing: median of {args.rounds} alternating blocks of {args.steps} steps per side, after {args.steps} warm-up steps")
+    print(f"memory: peak over {args.memory_steps} steps from a fresh trainer ({mem_method})")
+    print()
+
+    runners = sides(args.device)
+    step_times(runners, 1, args.steps, device)  # warm-up
+    t = step_times(runners, args.rounds, args.steps, device)
+    mem = {c: peak_bytes(make_config(args.device, c), args.memory_steps, device) for c in CAPTURE}
+    print(f"surprise_time: {t['trainer+surprise'] / t['trainer']:.2f}")
+    print(f"surprise_memory: {mem['surprise'] / mem['none']:.2f}")
+    print(f"capture_full_time: {t['trainer+full'] / t['trainer']:.2f}")
+    print(f"capture_full_memory: {mem['full'] / mem['none']:.2f}")
+    print(f"trainer_vs_plain: {t['plain'] / t['trainer+full']:.2f}")
+    print(f"trainer_vs_plain_nocapture: {t['plain'] / t['trainer']:.2f}")
+    print()
+    print("step time (ms): " + ", ".join(f"{name} {1e3 * s:.3f}" for name, s in t.items()))
+    print("peak memory (MB): " + ", ".join(f"{c} {b / 1e6:.2f}" for c, b in mem.items()))
+
+    if scaling:
+        rounds = max(3, args.rounds // 4)
+        print(f"\nscaling: ms per step, median of {rounds} alternating blocks of {args.steps} steps")
+        print(f"{'levels':>6} {'width':>5} {'hidden':>6} {'trainer+full':>12} {'trainer':>8} {'plain':>8} {'capture x':>9}")
+        for levels, width in [(3, 32), (3, 64), (3, 128), (1, 64), (2, 64), (4, 64)]:
+            runners = sides(args.device, levels=levels, width=width)
+            step_times(runners, 1, args.steps, device)
+            s = step_times(runners, rounds, args.steps, device)
+            cap, tr, plain = (1e3 * s[k] for k in ("trainer+full", "trainer", "plain"))
+            print(f"{levels:>6} {width:>5} {4 * width:>6} {cap:>12.3f} {tr:>8.3f} {plain:>8.3f} {cap / tr:>9.2f}")
+        print(f"\nmemory against batch size: peak MB over {args.memory_steps} steps, ratio to no capture")
+        print(f"{'batch':>6} {'none':>8} {'surprise':>9} {'full':>8} {'surprise x':>10} {'full x':>7}")
+        for batch in (32, 128, 512):
+            peaks = {c: peak_bytes(dataclasses.replace(make_config(args.device, c), batch_size=batch),
+                                   args.memory_steps, device) for c in CAPTURE}
+            none, sur, full = (peaks[c] / 1e6 for c in CAPTURE)
+            print(f"{batch:>6} {none:>8.2f} {sur:>9.2f} {full:>8.2f} {sur / none:>10.2f} {full / none:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
