@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -221,17 +222,28 @@ def _train(a: argparse.Namespace) -> int:
     print(f"nlviz: {config.task} on {trainer.device_name}, levels with periods {levels}, "
           f"{config.steps} steps -> {out}", file=sys.stderr)
     summary: dict[str, Any] = {"config": config.to_dict(), "device": trainer.device_name, "torch": torch.__version__}
+    def stop_after_this_step(signum, frame) -> None:
+        # The first Ctrl-C finishes the current step, so the checkpoint is consistent;
+        # a second one interrupts at once.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        trainer.request_stop()
+
+    previous = signal.signal(signal.SIGINT, stop_after_this_step)
     start, status, code = time.time(), "finished", 0
     try:
         result = trainer.run(progress=not a.no_progress)
         summary.update(final_loss=result.final_loss, metrics=result.metrics)
+        if result.status == "stopped":
+            status, code = "interrupted", 130
+            trainer.end(status)
+            print(f"nlviz: interrupted after step {trainer.clock.t}; the checkpoint continues from there "
+                  "(Trainer.from_checkpoint)", file=sys.stderr)
     except DivergenceError as e:
         status, code = "diverged", 1
         summary.update(error=str(e), diverged_step=e.step, diverged_level=e.level)
         print(f"nlviz: error: {e}", file=sys.stderr)
-    except KeyboardInterrupt:
-        status, code = "interrupted", 130
-        print("nlviz: interrupted; checkpoint saved, continue from it with Trainer.from_checkpoint", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     seconds = time.time() - start
     if status != "diverged":
         trainer.save_checkpoint(out / "checkpoint.pt")

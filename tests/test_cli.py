@@ -71,3 +71,30 @@ def test_a_run_writes_checkpoint_and_summary_and_refuses_to_overwrite(tmp_path):
     assert ck["clock"]["t"] == 40
     again = _nlviz("train", "--steps", "5", "--out", str(out))
     assert again.returncode == 2 and "--out" in again.stderr
+
+
+def test_ctrl_c_finishes_the_step_and_leaves_a_checkpoint_that_resumes(tmp_path):
+    import signal
+    import time
+
+    from nlviz import Trainer
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nlviz", "train", "--steps", "1000000", "--no-progress",
+                             "--device", "cpu", "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not out.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let it train a little
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted after step" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps_done"] > 0
+    resumed = Trainer.from_checkpoint(out / "checkpoint.pt")
+    assert resumed.clock.t == summary["steps_done"]
+    straight = Trainer(resumed.config)  # the same steps, uninterrupted: the checkpoint is a whole step
+    straight.run(steps=summary["steps_done"])
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
