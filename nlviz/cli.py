@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import signal
 import sys
 import time
@@ -190,6 +191,17 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _check_out(out: Path) -> None:
+    """--out must be a new or empty directory that can be created and written."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"--out: {out} already exists and is not an empty directory; choose a new one")
+    parent = out.resolve()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out: {out} cannot be created ({parent} is not a writable directory)")
+
+
 def _train(a: argparse.Namespace) -> int:
     from .device import resolve_device
 
@@ -199,8 +211,7 @@ def _train(a: argparse.Namespace) -> int:
         if a.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every: must be an integer >= 0, got {a.checkpoint_every}")
         out = Path(a.out)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ConfigError(f"--out: {out} already exists and is not an empty directory; choose a new one")
+        _check_out(out)
     except ConfigError as e:
         return _fail(str(e))
 
@@ -212,8 +223,8 @@ def _train(a: argparse.Namespace) -> int:
         def __init__(self, every: int):
             self.every = every
 
-        def on_step(self, event) -> None:
-            if self.every and event.step % self.every == 0:
+        def on_step_end(self, trainer, step) -> None:  # after the update: a whole step
+            if self.every and step % self.every == 0:
                 trainer.save_checkpoint(out / "checkpoint.pt")
 
     trainer = Trainer(config, [Checkpointer(a.checkpoint_every)])

@@ -22,8 +22,8 @@ class LevelClock:
     _by_period: dict[int, tuple[int, ...]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.periods = tuple(int(p) for p in self.periods)
-        if not self.periods or any(p < 1 for p in self.periods):
+        self.periods = tuple(self.periods)
+        if not self.periods or any(isinstance(p, bool) or not isinstance(p, int) or p < 1 for p in self.periods):
             raise ValueError(f"periods: must be integers >= 1, got {self.periods}")
         groups: dict[int, list[int]] = {}
         for level, p in enumerate(self.periods):

@@ -137,7 +137,8 @@ class LSTMLevel(nn.Module):
         return {"h": self.state[0].detach().clone(), "c": self.state[1].detach().clone()}
 
     def set_extra_state(self, state: dict) -> None:
-        self.state = (state["h"], state["c"]) if state else None
+        device = self.cell.weight_ih.device  # a checkpoint is loaded on the CPU first
+        self.state = (state["h"].to(device), state["c"].to(device)) if state else None
 
 
 class CMS(nn.Module):

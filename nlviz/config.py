@@ -286,6 +286,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        try:
+            return cls._from_dict(d)
+        except TypeError as e:  # an unknown or missing key inside a nested section
+            raise ConfigError(f"config: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         d = dict(d)
         task = d.get("task", "multiscale")
         if task not in TASK_CONFIGS:

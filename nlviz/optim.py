@@ -50,11 +50,19 @@ class DGD(torch.optim.Optimizer):
         self.state[w]["xx"] = torch.zeros(d_in, d_in, device=w.device, dtype=torch.float32)
 
         def accumulate(module: nn.Module, args: tuple) -> None:
-            if module.training and torch.is_grad_enabled():
+            # `module is linear`: a deep copy of the model carries this hook along, but its
+            # forward passes must not write into this optimizer's sums.
+            if module is linear and module.training and torch.is_grad_enabled():
                 x = args[0].detach().reshape(-1, d_in).float()  # (rows, d_in)
                 self.state[w]["xx"].addmm_(x.transpose(0, 1), x)
 
         self._handles.append(linear.register_forward_pre_hook(accumulate))
+
+    def close(self) -> None:
+        """Remove the forward hooks from the tracked layers."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
 
     def scale_(self, factor: float) -> None:
         """Scale what was accumulated (used by the chunk `mean` convention)."""

@@ -71,6 +71,7 @@ class StepEvent:
     updated: tuple[int, ...]  # indices (0-based) of the levels whose parameters changed at t
     traces: list[LevelTrace]  # per level: input x, output y (and linear inputs); [] without capture
     surprise: list[Tensor | None]  # per level: u_l = dL/dy_l, (B, d); [] without capture
+    surprise_norms: Tensor | None  # (k,) ||u_l|| over the batch; None without capture
     linear_grads: list[list[Tensor | None]]  # per level, per linear: gradient of its output (on linears_every steps)
     aux_losses: list[Tensor | None]  # per level: surprise objective value, None when off
     loss_value: float | None = None  # host copy of loss, only on sync steps
@@ -89,6 +90,9 @@ class Subscriber:
     def on_start(self, trainer: "Trainer") -> None: ...
     def on_step(self, event: StepEvent) -> None: ...
     def on_level_update(self, event: LevelUpdateEvent) -> None: ...
+    def on_step_end(self, trainer: "Trainer", step: int) -> None:
+        """The step is complete (parameters updated): a consistent point to checkpoint."""
+
     def on_end(self, trainer: "Trainer", status: str, error: BaseException | None = None) -> None: ...
 
 
@@ -147,7 +151,11 @@ class Trainer:
         self.subscribers: list[Subscriber] = list(subscribers)
         self.measure_updates = measure_updates
         self.sync_every = config.sync_every or (1 if self.device.type == "cpu" else 50)
+        # Device-side record of the first non-finite step (used when sync_every > 1).
         self._first_bad = torch.zeros((), dtype=torch.long, device=self.device)
+        self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._bad_u = torch.zeros(self.n_levels, dtype=torch.bool, device=self.device)
+        self._bad_y = torch.zeros(self.n_levels, dtype=torch.bool, device=self.device)
         self._started = False
         self._stop = False
         self.last_loss: Tensor | None = None
@@ -180,14 +188,18 @@ class Trainer:
             cap.collect(traces)
         self.last_loss = loss.detach()
 
+        # Vitals: the loss and every ||u_l||, one small device tensor; no host read here.
+        norms = torch._foreach_norm(cap.surprise) if cap is not None else ()
+        vitals = torch.stack([self.last_loss, *norms])  # (1 + k,)
+        surprise_norms = vitals[1:] if cap is not None else None  # (k,)
+        if self.sync_every > 1:
+            self._track(t, vitals, traces)
         loss_value = None
         if t % self.sync_every == 0 or t == self.config.steps:
-            loss_value = float(self.last_loss)  # the one host read, at the sync cadence
-            if not math.isfinite(loss_value):
-                self._diverged(t, traces)
-        elif self.sync_every > 1:  # remember the first bad step without a host read
-            bad = ~torch.isfinite(self.last_loss) & (self._first_bad == 0)
-            self._first_bad = torch.where(bad, self._first_bad.new_full((), t), self._first_bad)
+            values = vitals.tolist()  # the one host read, at the sync cadence
+            loss_value = values[0]
+            if not all(map(math.isfinite, values)) or (self.sync_every > 1 and int(self._first_bad)):
+                self._diverged(t, traces, surprise_norms)
 
         # Subscribers see the step before the parameters move: activations and surprises
         # belong to the parameters that produced them, and `updated` says who moves next.
@@ -197,6 +209,7 @@ class Trainer:
             updated=due,
             traces=traces,
             surprise=cap.surprise if cap else [],
+            surprise_norms=surprise_norms,
             linear_grads=cap.linear_grads if cap else [],
             aux_losses=cap.aux_losses if cap else [],
             loss_value=loss_value,
@@ -209,6 +222,8 @@ class Trainer:
                 cap.release()
             event = None
         self._update(t)
+        for s in self.subscribers:
+            s.on_step_end(self, t)
         return event
 
     def _update(self, t: int) -> None:
@@ -240,26 +255,48 @@ class Trainer:
             norms[lv] = torch.stack(sq).sum().sqrt()
         return norms
 
-    def _diverged(self, t: int, traces: list[LevelTrace]) -> None:
-        first = int(self._first_bad) or t
-        level = None
-        if self.capture is not None:
-            level = next((l + 1 for l, u in enumerate(self.capture.surprise) if u is not None and not torch.isfinite(u).all()), None)
-        where = f"first non-finite surprise at level {level}" if level else "no level's surprise was non-finite"
-        act = next((l + 1 for l, tr in enumerate(traces) if not torch.isfinite(tr.y).all()), None)
-        if act:
-            where += f"; activations first non-finite at level {act}"
+    def _track(self, t: int, vitals: Tensor, traces: list[LevelTrace]) -> None:
+        """Remember, on the device, the first step whose loss or surprise was non-finite."""
+        bad = ~torch.isfinite(vitals)  # (1 + k,)
+        newly = bad.any() & (self._first_bad == 0)
+        self._first_bad = torch.where(newly, self._first_bad.new_full((), t), self._first_bad)
+        self._bad_loss = torch.where(newly, bad[0], self._bad_loss)
+        if traces:
+            act_norms = torch.stack(torch._foreach_norm([tr.y for tr in traces]))  # (k,)
+            self._bad_u = torch.where(newly, bad[1:], self._bad_u)
+            self._bad_y = torch.where(newly, ~torch.isfinite(act_norms), self._bad_y)
+
+    def _diverged(self, t: int, traces: list[LevelTrace], surprise_norms: Tensor | None) -> None:
+        if self.sync_every > 1:
+            first, bad_loss = int(self._first_bad), bool(self._bad_loss)
+            bad_u, bad_y = self._bad_u.tolist(), self._bad_y.tolist()
+        else:
+            first, bad_loss = t, not torch.isfinite(self.last_loss)
+            bad_u = (~torch.isfinite(surprise_norms)).tolist() if surprise_norms is not None else []
+            bad_y = [not torch.isfinite(tr.y).all() for tr in traces]
+        what = "loss became non-finite" if bad_loss else "surprise became non-finite (the loss was still finite)"
         seen = f" (detected at step {t})" if first != t else ""
-        raise DivergenceError(f"loss became non-finite at step {first}{seen}; {where}", first, level)
+        # Backprop computes u_k first and u_1 last, so the first non-finite surprise is the
+        # highest level that has one.
+        level = max((l + 1 for l, b in enumerate(bad_u) if b), default=None)
+        if self.capture is None:
+            where = "surprise not captured (capture=False)"
+        else:
+            where = f"first non-finite surprise, in backprop order, at level {level}"
+        act = next((l + 1 for l, b in enumerate(bad_y) if b), None)
+        if act is not None:
+            where += f"; activations first non-finite at level {act}"
+        raise DivergenceError(f"{what} at step {first}{seen}; {where}", first, level)
 
     # ------------------------------------------------------------------ running
     def request_stop(self) -> None:
-        """Ask `run` to return after the current step (thread-safe: a plain flag)."""
+        """Ask `run` to return after the current step, or at once if it has not started.
+
+        Safe from another thread or a signal handler: it only sets a flag."""
         self._stop = True
 
     def run(self, steps: int | None = None, progress: bool = False) -> RunResult:
         """Train up to `steps` more steps (default: to config.steps); end subscribers when done."""
-        self._stop = False
         total = self.config.steps
         stop_at = total if steps is None else min(total, self.clock.t + steps)
         bar = ProgressBar(total=total, initial=self.clock.t) if progress else None
@@ -279,6 +316,7 @@ class Trainer:
             self.end("failed", e)
             raise
         finally:
+            self._stop = False  # a stop asked before this call still counts; it is used up here
             if bar is not None:
                 bar.bar.close()
                 self.subscribers.remove(bar)
@@ -289,6 +327,12 @@ class Trainer:
             self.end("finished")
         final = float(self.last_loss) if self.last_loss is not None else None
         return RunResult("finished" if finished else "stopped", self.clock.t, seconds, final, metrics)
+
+    def close(self) -> None:
+        """Detach the trainer's hooks from the model (DGD's input sums), e.g. before reusing it."""
+        for g in self.groups:
+            if isinstance(g.optimizer, DGD):
+                g.optimizer.close()
 
     def end(self, status: str, error: BaseException | None = None) -> None:
         for s in self.subscribers:
@@ -310,6 +354,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {
             "format": CHECKPOINT_FORMAT,
+            "device_type": self.device.type,
             "config": json.dumps(self.config.to_dict()),
             "model": self.model.state_dict(),
             "optimizers": [g.optimizer.state_dict() for g in self.groups],
@@ -322,6 +367,11 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint: format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
+        if state["device_type"] != self.device.type:
+            # The task stream's generator state is device-specific (CPU and CUDA RNGs differ).
+            raise ValueError(
+                f"checkpoint: written on {state['device_type']}, so it resumes on {state['device_type']} only, not {self.device.type}"
+            )
         self.model.load_state_dict(state["model"])
         for g, s in zip(self.groups, state["optimizers"], strict=True):
             g.optimizer.load_state_dict(s)

@@ -98,3 +98,11 @@ def test_ctrl_c_finishes_the_step_and_leaves_a_checkpoint_that_resumes(tmp_path)
     straight.run(steps=summary["steps_done"])
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_an_out_path_that_cannot_be_created_is_a_one_line_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = _nlviz("train", "--out", str(blocker / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("nlviz: error: --out:") and len(proc.stderr.strip().splitlines()) == 1

@@ -74,3 +74,18 @@ def test_defaults_are_valid_and_round_trip_through_a_dict():
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ConfigError, match="^stepz: not a TrainConfig field"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+def test_from_dict_rejects_unknown_nested_keys_with_a_config_error():
+    d = TrainConfig().to_dict()
+    d["model"]["levels"][0]["colour"] = "red"
+    with pytest.raises(ConfigError, match="^config: .*colour"):
+        TrainConfig.from_dict(d)
+
+
+def test_level_clock_refuses_non_integer_periods():
+    from nlviz import LevelClock
+
+    for bad in [(2.5,), (0,), (), (True,)]:
+        with pytest.raises(ValueError, match="^periods:"):
+            LevelClock(bad)

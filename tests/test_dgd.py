@@ -75,3 +75,30 @@ def test_dgd_rejects_a_layer_it_does_not_own():
     a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="linear"):
         DGD(a.parameters(), lr=0.1, linears=(b,))
+
+
+def test_a_copy_of_the_model_does_not_write_into_the_trainers_sums_and_close_detaches():
+    import copy
+
+    trainer = Trainer(tiny_config((4,), optimizer="dgd", lr=0.01))
+    fc1 = trainer.model.levels[0].fc1
+    opt = trainer.groups[0].optimizer if isinstance(trainer.groups[0].optimizer, DGD) else trainer.groups[1].optimizer
+    before = opt.state[fc1.weight]["xx"].clone()
+    clone = copy.deepcopy(trainer.model)
+    clone(torch.randn(3, 5)).sum().backward()
+    assert torch.equal(opt.state[fc1.weight]["xx"], before)
+    trainer.close()
+    assert len(fc1._forward_pre_hooks) == 0
+
+
+def test_dgd_chunk_update_of_the_first_layer_uses_its_normalised_input():
+    lr, period = 0.01, 3
+    trainer = Trainer(tiny_config((period,), optimizer="dgd", lr=lr, batch_size=4))
+    fc1 = trainer.model.levels[0].fc1
+    W0 = fc1.weight.detach().clone()
+    xx, ux = 0.0, 0.0
+    for _ in range(period):
+        event = trainer.step()
+        x, u = event.traces[0].linear_inputs[0].detach(), event.linear_grads[0][0]  # LN output, fc1 grad
+        xx, ux = xx + x.T @ x, ux + rules.outer_sum(u, x)
+    torch.testing.assert_close(fc1.weight.detach(), rules.delta_solve(W0, xx, ux, lr), rtol=1e-5, atol=1e-6)

@@ -111,20 +111,40 @@ class _PoisonedTask(MultiscaleTask):
 
 
 @pytest.mark.parametrize("sync_every", [1, 4])
-def test_non_finite_loss_stops_with_the_step_and_first_level(sync_every):
-    cfg = tiny_config((1, 2), steps=20, sync_every=sync_every, norm=False)
+def test_non_finite_input_stops_with_the_step_and_where_it_started(sync_every):
+    cfg = tiny_config((1, 2, 3), steps=20, sync_every=sync_every, norm=False)
     rec = Recorder()
     trainer = Trainer(cfg, [rec], task=_PoisonedTask(cfg.task_options, "cpu", 0))
     with pytest.raises(DivergenceError) as info:
         trainer.run()
     err = info.value
-    assert err.step == 5 and "step 5" in str(err)
+    assert err.step == 5 and str(err).startswith("loss became non-finite at step 5")
+    assert err.level == 3  # NaN everywhere: backprop meets it first at the top level
+    assert "activations first non-finite at level 1" in str(err)  # the forward pass shows the origin
     if sync_every == 1:
-        assert err.level == 1 and "level 1" in str(err)
         assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the bad step did not update
     else:
-        assert "detected at step 8" in str(err)
+        assert "(detected at step 8)" in str(err)
     assert rec.calls[-1] == "diverged"
+
+
+@pytest.mark.parametrize("sync_every", [1, 4])
+def test_surprise_blowing_up_inside_backprop_names_that_level(sync_every):
+    """A non-finite gradient injected inside level 2's backward, loss finite: u_3 and u_2 stay
+    finite, u_1 (level 2's input gradient) is the first non-finite surprise."""
+    trainer = Trainer(tiny_config((1, 1, 1), steps=20, sync_every=sync_every))
+
+    def poison(module, args, output):
+        if trainer.clock.t == 6:
+            output.register_hook(lambda g: torch.full_like(g, float("nan")))
+
+    trainer.model.levels[1].fc1.register_forward_hook(poison)
+    with pytest.raises(DivergenceError) as info:
+        trainer.run()
+    err = info.value
+    assert err.step == 6 and err.level == 1
+    assert str(err).startswith("surprise became non-finite (the loss was still finite) at step 6")
+    assert "activations" not in str(err)
 
 
 def test_device_resolution(monkeypatch):
@@ -149,6 +169,29 @@ def test_same_seed_same_run_other_seed_other_run():
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
 
 
+def test_a_stop_requested_before_run_is_honoured_once():
+    trainer = Trainer(tiny_config(steps=10))
+    trainer.request_stop()
+    assert trainer.run().steps == 0
+    assert trainer.run().status == "finished"
+
+
+def test_periodic_checkpoint_from_on_step_end_resumes_exactly(tmp_path):
+    class Saver(Subscriber):
+        def on_step_end(self, trainer, step):
+            if step == 7:
+                trainer.save_checkpoint(tmp_path / "ck.pt")
+
+    straight = Trainer(_resume_config())
+    straight.run()
+    Trainer(_resume_config(), [Saver()]).run()
+    resumed = Trainer.from_checkpoint(tmp_path / "ck.pt")
+    assert resumed.clock.t == 7
+    resumed.run()
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+
+
 def test_request_stop_returns_early_without_ending():
     rec = Recorder()
 
@@ -163,11 +206,30 @@ def test_request_stop_returns_early_without_ending():
     assert trainer.run().status == "finished" and rec.calls[-1] == "finished"
 
 
+def test_a_checkpoint_resumes_only_on_its_device_type(tmp_path):
+    trainer = Trainer(tiny_config())
+    trainer.run(steps=2)
+    state = trainer.state_dict()
+    state["device_type"] = "cuda"
+    torch.save(state, tmp_path / "ck.pt")
+    with pytest.raises(ValueError, match="^checkpoint: written on cuda"):
+        Trainer.from_checkpoint(tmp_path / "ck.pt")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU")
-def test_cuda_training_matches_the_cpu_semantics():
-    cfg = tiny_config((1, 2), steps=10, device="cuda")
-    trainer = Trainer(cfg)
-    result = trainer.run()
-    assert trainer.device.type == "cuda" and result.status == "finished"
-    assert all(p.is_cuda for p in trainer.model.parameters())
-    assert torch.isfinite(torch.tensor(result.final_loss))
+def test_cuda_training_follows_the_cpu_run_and_resumes(tmp_path):
+    """Same init, same Eq 31 schedule: the CUDA run tracks the CPU run closely (the task
+    streams differ by device, so both use one fixed batch), and an LSTM level resumes."""
+    levels = (LevelSpec(kind="lstm", width=8), LevelSpec(width=8, hidden=16, period=2, optimizer="dgd", lr=1e-3))
+    cfg = TrainConfig(model=ModelConfig(levels=levels), steps=10, batch_size=4, device="cuda")
+    gpu = Trainer(cfg)
+    cpu = Trainer(TrainConfig.from_dict({**cfg.to_dict(), "device": "cpu"}))
+    x, y = cpu.task.batch(1, 4)
+    for tr in (gpu, cpu):
+        tr.task.batch = lambda t, b, tr=tr: (x.to(tr.device), y.to(tr.device))
+        tr.run()
+    for p, q in zip(gpu.model.parameters(), cpu.model.parameters()):
+        torch.testing.assert_close(p.cpu(), q, rtol=1e-3, atol=1e-4)
+    gpu.save_checkpoint(tmp_path / "ck.pt")
+    resumed = Trainer.from_checkpoint(tmp_path / "ck.pt")
+    assert resumed.model.levels[0].state[0].is_cuda
