@@ -165,7 +165,7 @@ class Trainer:
         """One optimizer step (Eq 31 for every level whose chunk ends now); returns its event."""
         return self._step(keep=True)
 
-    def _step(self, keep: bool) -> StepEvent:
+    def _step(self, keep: bool) -> StepEvent | None:
         if not self._started:
             self._started = True
             for s in self.subscribers:
@@ -189,8 +189,10 @@ class Trainer:
         self.last_loss = loss.detach()
 
         # Vitals: the loss and every ||u_l||, one small device tensor; no host read here.
-        norms = torch._foreach_norm(cap.surprise) if cap is not None else ()
-        vitals = torch.stack([self.last_loss, *norms])  # (1 + k,)
+        if cap is not None:
+            vitals = torch.stack([self.last_loss, *torch._foreach_norm(cap.surprise)])  # (1 + k,)
+        else:
+            vitals = self.last_loss.reshape(1)  # (1,)
         surprise_norms = vitals[1:] if cap is not None else None  # (k,)
         if self.sync_every > 1:
             self._track(t, vitals, traces)
