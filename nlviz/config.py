@@ -246,7 +246,7 @@ class TrainConfig:
     head_optimizer: str = "adam"  # optimizer of the input and output projections (period 1)
     head_lr: float = 1e-3  # their learning rate
     capture: bool = True  # record each level's input, output y_l and surprise u_l every step
-    linears_every: int = 1  # with capture, also each linear layer's input and output gradient every N steps (0 = never); costs activation memory
+    linears_every: int = 10  # with capture, also each linear layer's input and output gradient every N steps (0 = never): Eq 25 from data; costs time and activation memory
     sync_every: int = 0  # host reads (progress, non-finite check) every N steps; 0 = 1 on cpu, 50 on gpu
 
     def __post_init__(self) -> None:

@@ -2,9 +2,9 @@
 
 `build_update_groups` gives every level its own optimizer (sgd, adam or dgd) and its
 own learning rate, updated on that level's clock. Levels that share a period and an
-optimizer kind share one torch optimizer with one parameter group per level; this is
-the same mathematics (these optimizers act per parameter) and saves a Python call per
-step.
+optimizer kind share one torch optimizer, and levels that also share a learning rate
+share one parameter group in it; this is the same mathematics (these optimizers act per
+parameter) and saves Python calls on every step.
 
 DGD, the decision to know: for a linear layer y = W x the exact minimiser of the summed
 proximal L2 objective over everything seen since the last update,
@@ -95,6 +95,7 @@ class UpdateGroup:
     levels: tuple[int, ...]  # level indices; -1 stands for the stem/head ("io") parameters
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
+    level_params: dict[int, list[nn.Parameter]]  # each level's own parameters
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -122,8 +123,13 @@ def build_update_groups(model: nn.Module, config: TrainConfig) -> list[UpdateGro
     buckets.setdefault((1, config.head_optimizer), []).append((-1, io, config.head_lr, ()))
     out = []
     for (period, kind), entries in buckets.items():
-        groups = [{"params": ps, "lr": lr} for _, ps, lr, _ in entries]
+        by_lr: dict[float, list] = {}
+        for _, ps, lr, _ in entries:
+            by_lr.setdefault(lr, []).extend(ps)
+        groups = [{"params": ps, "lr": lr} for lr, ps in by_lr.items()]
         linears = tuple(lin for *_, lins in entries for lin in lins) if kind == "dgd" else ()
         params = [p for _, ps, _, _ in entries for p in ps]
-        out.append(UpdateGroup(period, kind, tuple(e[0] for e in entries), _make(kind, groups, linears), params))
+        level_params = {i: ps for i, ps, _, _ in entries}
+        optimizer = _make(kind, groups, linears)
+        out.append(UpdateGroup(period, kind, tuple(e[0] for e in entries), optimizer, params, level_params))
     return out

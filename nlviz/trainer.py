@@ -252,8 +252,8 @@ class Trainer:
     def _update_norms(self, g: UpdateGroup, before: list[Tensor]) -> dict[int, Tensor]:
         old = dict(zip(map(id, g.params), before))
         norms = {}
-        for lv, pg in zip(g.levels, g.optimizer.param_groups):
-            sq = [(p.detach() - old[id(p)]).pow(2).sum() for p in pg["params"]]
+        for lv, params in g.level_params.items():
+            sq = [(p.detach() - old[id(p)]).pow(2).sum() for p in params]
             norms[lv] = torch.stack(sq).sum().sqrt()
         return norms
 

@@ -23,6 +23,7 @@ def tiny_config(periods=(1, 2, 3), optimizer="sgd", lr=0.05, **overrides) -> Tra
         device="cpu",
         head_optimizer="sgd",
         head_lr=lr,
+        linears_every=1,  # the tests read every step's linear-layer records
     )
     base.update(overrides)
     return TrainConfig(**base)
