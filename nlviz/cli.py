@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
@@ -239,8 +240,9 @@ def _train(a: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         trainer.request_stop()
 
-    previous = signal.signal(signal.SIGINT, stop_after_this_step)
-    start, status, code = time.time(), "finished", 0
+    main_thread = threading.current_thread() is threading.main_thread()  # signals only go there
+    previous = signal.signal(signal.SIGINT, stop_after_this_step) if main_thread else None
+    start, status, code, whole_step = time.time(), "finished", 0, True
     try:
         result = trainer.run(progress=not a.no_progress)
         summary.update(final_loss=result.final_loss, metrics=result.metrics)
@@ -253,10 +255,14 @@ def _train(a: argparse.Namespace) -> int:
         status, code = "diverged", 1
         summary.update(error=str(e), diverged_step=e.step, diverged_level=e.level)
         print(f"nlviz: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C, inside a step: that step is incomplete
+        status, code, whole_step = "interrupted", 130, False
+        print("nlviz: interrupted inside a step; no new checkpoint written", file=sys.stderr)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     seconds = time.time() - start
-    if status != "diverged":
+    if status != "diverged" and whole_step:
         trainer.save_checkpoint(out / "checkpoint.pt")
     updates = [trainer.clock.t // p for p in config.model.periods]
     summary.update(status=status, steps_done=trainer.clock.t, seconds=round(seconds, 3),

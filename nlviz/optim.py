@@ -111,7 +111,7 @@ def _make(kind: str, groups: list[dict], linears: tuple[nn.Linear, ...]) -> torc
 
 
 def build_update_groups(model: nn.Module, config: TrainConfig) -> list[UpdateGroup]:
-    """One UpdateGroup per (period, optimizer kind); one parameter group per level inside it.
+    """One UpdateGroup per (period, optimizer kind); one parameter group per learning rate in it.
 
     The model must expose `levels` (modules with a `linears` tuple) and `io_parameters()`.
     """

@@ -50,7 +50,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
 ]
 
-CHECKPOINT_FORMAT = "nlviz-checkpoint-1"
+CHECKPOINT_FORMAT = "nlviz-checkpoint-2"
 
 
 class DivergenceError(RuntimeError):
@@ -71,7 +71,6 @@ class StepEvent:
     updated: tuple[int, ...]  # indices (0-based) of the levels whose parameters changed at t
     traces: list[LevelTrace]  # per level: input x, output y (and linear inputs); [] without capture
     surprise: list[Tensor | None]  # per level: u_l = dL/dy_l, (B, d); [] without capture
-    surprise_norms: Tensor | None  # (k,) ||u_l|| over the batch; None without capture
     linear_grads: list[list[Tensor | None]]  # per level, per linear: gradient of its output (on linears_every steps)
     aux_losses: list[Tensor | None]  # per level: surprise objective value, None when off
     loss_value: float | None = None  # host copy of loss, only on sync steps
@@ -156,6 +155,7 @@ class Trainer:
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
         self._bad_u = torch.zeros(self.n_levels, dtype=torch.bool, device=self.device)
         self._bad_y = torch.zeros(self.n_levels, dtype=torch.bool, device=self.device)
+        self._zero = torch.zeros((), device=self.device)
         self._started = False
         self._stop = False
         self.last_loss: Tensor | None = None
@@ -188,20 +188,22 @@ class Trainer:
             cap.collect(traces)
         self.last_loss = loss.detach()
 
-        # Vitals: the loss and every ||u_l||, one small device tensor; no host read here.
+        # Vitals: the loss and each level's largest |u_l| (a max cannot overflow where a
+        # norm would), one small device tensor; no host read here.
         if cap is not None:
-            vitals = torch.stack([self.last_loss, *torch._foreach_norm(cap.surprise)])  # (1 + k,)
+            us = [u if u is not None else self._zero for u in cap.surprise]  # None: level not in the graph
+            vitals = torch.stack([self.last_loss, *torch._foreach_norm(us, math.inf)])  # (1 + k,)
         else:
             vitals = self.last_loss.reshape(1)  # (1,)
-        surprise_norms = vitals[1:] if cap is not None else None  # (k,)
         if self.sync_every > 1:
             self._track(t, vitals, traces)
         loss_value = None
         if t % self.sync_every == 0 or t == self.config.steps:
             values = vitals.tolist()  # the one host read, at the sync cadence
             loss_value = values[0]
-            if not all(map(math.isfinite, values)) or (self.sync_every > 1 and int(self._first_bad)):
-                self._diverged(t, traces, surprise_norms)
+            if not all(map(math.isfinite, values)):
+                self._diverged(t, traces, vitals)
+            self.check_health()
 
         # Subscribers see the step before the parameters move: activations and surprises
         # belong to the parameters that produced them, and `updated` says who moves next.
@@ -211,7 +213,6 @@ class Trainer:
             updated=due,
             traces=traces,
             surprise=cap.surprise if cap else [],
-            surprise_norms=surprise_norms,
             linear_grads=cap.linear_grads if cap else [],
             aux_losses=cap.aux_losses if cap else [],
             loss_value=loss_value,
@@ -264,27 +265,38 @@ class Trainer:
         self._first_bad = torch.where(newly, self._first_bad.new_full((), t), self._first_bad)
         self._bad_loss = torch.where(newly, bad[0], self._bad_loss)
         if traces:
-            act_norms = torch.stack(torch._foreach_norm([tr.y for tr in traces]))  # (k,)
+            act = torch.stack(torch._foreach_norm([tr.y.detach() for tr in traces], math.inf))  # (k,)
             self._bad_u = torch.where(newly, bad[1:], self._bad_u)
-            self._bad_y = torch.where(newly, ~torch.isfinite(act_norms), self._bad_y)
+            self._bad_y = torch.where(newly, ~torch.isfinite(act), self._bad_y)
 
-    def _diverged(self, t: int, traces: list[LevelTrace], surprise_norms: Tensor | None) -> None:
+    def check_health(self) -> None:
+        """Raise DivergenceError if a step since the last check was non-finite (a host read).
+
+        With sync_every > 1 the per-step check lives on the device; this reads it. Called at
+        every sync, before a checkpoint is written and when `run` returns."""
+        if self.sync_every > 1 and int(self._first_bad):
+            self._diverged(self.clock.t, [], None)
+
+    def _diverged(self, t: int, traces: list[LevelTrace], vitals: Tensor | None) -> None:
         if self.sync_every > 1:
             first, bad_loss = int(self._first_bad), bool(self._bad_loss)
             bad_u, bad_y = self._bad_u.tolist(), self._bad_y.tolist()
         else:
-            first, bad_loss = t, not torch.isfinite(self.last_loss)
-            bad_u = (~torch.isfinite(surprise_norms)).tolist() if surprise_norms is not None else []
+            first, bad = t, (~torch.isfinite(vitals)).tolist()
+            bad_loss, bad_u = bad[0], bad[1:]
             bad_y = [not torch.isfinite(tr.y).all() for tr in traces]
         what = "loss became non-finite" if bad_loss else "surprise became non-finite (the loss was still finite)"
         seen = f" (detected at step {t})" if first != t else ""
-        # Backprop computes u_k first and u_1 last, so the first non-finite surprise is the
-        # highest level that has one.
-        level = max((l + 1 for l, b in enumerate(bad_u) if b), default=None)
+        levels = [l + 1 for l, b in enumerate(bad_u) if b]
         if self.capture is None:
-            where = "surprise not captured (capture=False)"
+            level, where = None, "surprise not captured (capture=False)"
+        elif not levels:
+            level, where = None, "no level's surprise was non-finite"
+        elif self.config.model.variant == "independent":  # side by side: no order between levels
+            level, where = levels[0], f"non-finite surprise at level(s) {', '.join(map(str, levels))}"
         else:
-            where = f"first non-finite surprise, in backprop order, at level {level}"
+            # Backprop computes u_k first and u_1 last: the first non-finite one is the highest.
+            level, where = levels[-1], f"first non-finite surprise, in backprop order, at level {levels[-1]}"
         act = next((l + 1 for l, b in enumerate(bad_y) if b), None)
         if act is not None:
             where += f"; activations first non-finite at level {act}"
@@ -308,6 +320,7 @@ class Trainer:
         try:
             while self.clock.t < stop_at and not self._stop:
                 self._step(keep=False)
+            self.check_health()
         except DivergenceError as e:
             self.end("diverged", e)
             raise
@@ -369,7 +382,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"checkpoint: format {state.get('format')!r} is not {CHECKPOINT_FORMAT!r}")
-        if state["device_type"] != self.device.type:
+        if state.get("device_type") != self.device.type:
             # The task stream's generator state is device-specific (CPU and CUDA RNGs differ).
             raise ValueError(
                 f"checkpoint: written on {state['device_type']}, so it resumes on {state['device_type']} only, not {self.device.type}"
@@ -395,6 +408,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write the checkpoint atomically (a temporary file, then a rename)."""
+        self.check_health()  # never write a state that has already gone non-finite
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         torch.save(self.state_dict(), tmp)

@@ -233,3 +233,58 @@ def test_cuda_training_follows_the_cpu_run_and_resumes(tmp_path):
     gpu.save_checkpoint(tmp_path / "ck.pt")
     resumed = Trainer.from_checkpoint(tmp_path / "ck.pt")
     assert resumed.model.levels[0].state[0].is_cuda
+
+
+def test_a_level_outside_the_loss_graph_has_no_surprise_and_does_not_break_the_step():
+    from nlviz import CMS
+
+    class Detached(CMS):  # level 2's output is computed but never used
+        def forward(self, x, return_internals=False):
+            h = self.stem(x)
+            h, tr1 = self.levels[0](h, trace=return_internals)
+            _, tr2 = self.levels[1](h, trace=return_internals)
+            out = self.head(h)
+            return (out, [tr1, tr2]) if return_internals else out
+
+    cfg = tiny_config((1, 1), steps=4)
+    trainer = Trainer(cfg, model=Detached(cfg.model, 5, 5))
+    event = trainer.step()
+    assert event.surprise[0] is not None and event.surprise[1] is None
+    assert trainer.run().status == "finished"
+
+
+def test_a_large_but_finite_surprise_is_not_divergence():
+    trainer = Trainer(tiny_config((1, 1), steps=6))
+
+    def amplify(module, args, output):
+        if trainer.clock.t == 3:
+            output.register_hook(lambda g: g * 1e30)  # ||u|| overflows float32, every entry is finite
+
+    trainer.model.levels[1].fc1.register_forward_hook(amplify)
+    trainer.run(steps=3)
+    assert trainer.clock.t == 3  # no DivergenceError
+
+
+def test_with_a_slow_sync_no_checkpoint_is_written_after_a_non_finite_step(tmp_path):
+    class Saver(Subscriber):
+        def on_step_end(self, trainer, step):
+            if step == 6:
+                trainer.save_checkpoint(tmp_path / "ck.pt")
+
+    cfg = tiny_config((1, 2), steps=20, sync_every=4, norm=False)
+    trainer = Trainer(cfg, [Saver()], task=_PoisonedTask(cfg.task_options, "cpu", 0))
+    with pytest.raises(DivergenceError) as info:
+        trainer.run()
+    assert info.value.step == 5 and "(detected at step 6)" in str(info.value)
+    assert not (tmp_path / "ck.pt").exists()
+    stopped = Trainer(cfg, task=_PoisonedTask(cfg.task_options, "cpu", 0))
+    with pytest.raises(DivergenceError):  # run(steps=...) ending between syncs still checks
+        stopped.run(steps=6)
+
+
+def test_independent_levels_are_reported_side_by_side():
+    cfg = tiny_config((1, 1, 1), steps=10, variant="independent", norm=False)
+    trainer = Trainer(cfg, task=_PoisonedTask(cfg.task_options, "cpu", 0))
+    with pytest.raises(DivergenceError) as info:
+        trainer.run()
+    assert "non-finite surprise at level(s) 1, 2, 3" in str(info.value) and info.value.level == 1
