@@ -1,9 +1,9 @@
 """The training loop: Eq 31's level clock, per-level optimizers, surprise capture, events.
 
-One step: draw a batch, run the model (with its internals when capturing), attach the
-surprise hooks, one backward pass, then every level whose chunk ends now takes an
-optimizer step on the gradients summed since its last update and clears them; the other
-levels keep accumulating, frozen. Then subscribers get a `StepEvent`.
+One step: draw a batch, run the model (with its internals when capturing), ask for the
+surprises, one backward pass; subscribers get a `StepEvent` (before any parameter moves);
+then every level whose chunk ends now takes an optimizer step on the gradients summed
+since its last update and clears them, while the other levels keep accumulating, frozen.
 
 The decision to know: nothing on the hot path reads values back to the host. Losses and
 surprises travel in events as device tensors; the trainer itself reads the loss only
@@ -54,7 +54,7 @@ CHECKPOINT_FORMAT = "nlviz-checkpoint-2"
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss; `step` and `level` (numbered from 1) say where."""
+    """Training produced a non-finite loss or surprise; `step` and `level` (from 1) say where."""
 
     def __init__(self, message: str, step: int, level: int | None):
         super().__init__(message)
@@ -68,7 +68,7 @@ class StepEvent:
 
     step: int  # t, counted from 1
     loss: Tensor  # () task loss, on the device: reading it forces a host sync
-    updated: tuple[int, ...]  # indices (0-based) of the levels whose parameters changed at t
+    updated: tuple[int, ...]  # indices (0-based) of the levels whose chunk ends at t (they update next)
     traces: list[LevelTrace]  # per level: input x, output y (and linear inputs); [] without capture
     surprise: list[Tensor | None]  # per level: u_l = dL/dy_l, (B, d); [] without capture
     linear_grads: list[list[Tensor | None]]  # per level, per linear: gradient of its output (on linears_every steps)
