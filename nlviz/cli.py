@@ -229,19 +229,21 @@ def _train(a: argparse.Namespace) -> int:
                 trainer.save_checkpoint(out / "checkpoint.pt")
 
     trainer = Trainer(config, [Checkpointer(a.checkpoint_every)])
-    out.mkdir(parents=True, exist_ok=True)
-    levels = ",".join(str(p) for p in config.model.periods)
-    print(f"nlviz: {config.task} on {trainer.device_name}, levels with periods {levels}, "
-          f"{config.steps} steps -> {out}", file=sys.stderr)
-    summary: dict[str, Any] = {"config": config.to_dict(), "device": trainer.device_name, "torch": torch.__version__}
+
     def stop_after_this_step(signum, frame) -> None:
         # The first Ctrl-C finishes the current step, so the checkpoint is consistent;
         # a second one interrupts at once.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         trainer.request_stop()
 
+    # Installed before --out appears, so a Ctrl-C from then on always ends cleanly.
     main_thread = threading.current_thread() is threading.main_thread()  # signals only go there
     previous = signal.signal(signal.SIGINT, stop_after_this_step) if main_thread else None
+    out.mkdir(parents=True, exist_ok=True)
+    levels = ",".join(str(p) for p in config.model.periods)
+    print(f"nlviz: {config.task} on {trainer.device_name}, levels with periods {levels}, "
+          f"{config.steps} steps -> {out}", file=sys.stderr)
+    summary: dict[str, Any] = {"config": config.to_dict(), "device": trainer.device_name, "torch": torch.__version__}
     start, status, code, whole_step = time.time(), "finished", 0, True
     try:
         result = trainer.run(progress=not a.no_progress)
