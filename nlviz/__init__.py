@@ -24,6 +24,7 @@ from .config import (
 from .device import resolve_device, seed_everything
 from .optim import DGD, build_update_groups
 from .rules import delta_step, dot_objective, hebbian_step, l2_objective
+from .store import RunReader, RunStoreError, RunWriter, open_run
 from .surprise import SurpriseCapture, surprise_target
 from .tasks import DigitsTask, MultiscaleTask, RecallTask, make_pairs, make_task
 from .trainer import DivergenceError, LevelUpdateEvent, ProgressBar, RunResult, StepEvent, Subscriber, Trainer
@@ -60,6 +61,10 @@ __all__ = [
     "DigitsTask",
     "make_task",
     "make_pairs",
+    "RunWriter",
+    "RunReader",
+    "RunStoreError",
+    "open_run",
     "Trainer",
     "Subscriber",
     "StepEvent",

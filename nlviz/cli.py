@@ -166,8 +166,11 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     t.add_argument("--sync-every", type=int, default=0, help="host reads every N steps (0 = auto)")
-    t.add_argument("--out", required=True, help="directory for the checkpoint and summary (must be new or empty)")
+    t.add_argument("--out", required=True,
+                   help="run directory, new or empty: run.sqlite (the live record), checkpoint.pt, summary.json")
     t.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0 = at the end)")
+    t.add_argument("--scalars-every", type=int, default=10, help="record scalars every N steps (default 10)")
+    t.add_argument("--tensors-every", type=int, default=100, help="record tensor summaries every N steps (default 100)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -211,6 +214,9 @@ def _train(a: argparse.Namespace) -> int:
         resolve_device(config.device)
         if a.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every: must be an integer >= 0, got {a.checkpoint_every}")
+        for option, value in (("--scalars-every", a.scalars_every), ("--tensors-every", a.tensors_every)):
+            if value < 1:
+                raise ConfigError(f"{option}: must be an integer >= 1, got {value}")
         out = Path(a.out)
         _check_out(out)
     except ConfigError as e:
@@ -228,7 +234,10 @@ def _train(a: argparse.Namespace) -> int:
             if self.every and step % self.every == 0:
                 trainer.save_checkpoint(out / "checkpoint.pt")
 
-    trainer = Trainer(config, [Checkpointer(a.checkpoint_every)])
+    from .store import RunWriter
+
+    writer = RunWriter(out, scalars_every=a.scalars_every, tensors_every=a.tensors_every)
+    trainer = Trainer(config, [writer, Checkpointer(a.checkpoint_every)])
 
     def stop_after_this_step(signum, frame) -> None:
         # The first Ctrl-C finishes the current step, so the checkpoint is consistent;

@@ -197,13 +197,10 @@ class Trainer:
             vitals = self.last_loss.reshape(1)  # (1,)
         if self.sync_every > 1:
             self._track(t, vitals, traces)
-        loss_value = None
+        loss_value, healthy = None, True
         if t % self.sync_every == 0 or t == self.config.steps:
             values = vitals.tolist()  # the one host read, at the sync cadence
-            loss_value = values[0]
-            if not all(map(math.isfinite, values)):
-                self._diverged(t, traces, vitals)
-            self.check_health()
+            loss_value, healthy = values[0], all(map(math.isfinite, values))
 
         # Subscribers see the step before the parameters move: activations and surprises
         # belong to the parameters that produced them, and `updated` says who moves next.
@@ -218,7 +215,11 @@ class Trainer:
             loss_value=loss_value,
         )
         for s in self.subscribers:
-            s.on_step(event)
+            s.on_step(event)  # a non-finite step is recorded too, then training stops
+        if not healthy:
+            self._diverged(t, traces, vitals)
+        if t % self.sync_every == 0:
+            self.check_health()
         if not keep:  # free the activations before the optimizer allocates its temporaries
             del event, traces, out, x
             if cap is not None:

@@ -1,0 +1,397 @@
+"""The run store: one SQLite database per run, written while training, read while it grows.
+
+SQLite in WAL mode is the embedded default: no server, in the standard library, one
+writer and any number of concurrent readers. The schema (levels are numbered from 1;
+level 0 is the whole model):
+
+    meta(key, value)                     JSON values: config, device, versions, status, ...
+    scalars(step, level, name, value)    long form: loss, surprise_norm, activation_norm,
+                                         dot_objective (Eq 26), l2_objective (Eq 27),
+                                         update_norm
+    level_updates(step, level)           every Eq 31 update, so the clock can be drawn exactly
+    tensors(step, level, kind, ...)      per level and kind (activation y_l, surprise u_l,
+                                         input of the output layer): mean, std, min, max,
+                                         norm, a histogram over [min, max], and a float16
+                                         sample of a few rows by up to 64 units
+
+The decision to know: `RunWriter` computes every summary on the training device and hands
+the tensors to a background thread, which alone reads them back to the host and commits
+in batched transactions (at least once per second, with a heartbeat). Training never
+waits on the store, and a reader sees a new step within about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import rules
+from .trainer import DivergenceError, LevelUpdateEvent, StepEvent, Subscriber
+
+__all__ = ["RunWriter", "RunReader", "RunStoreError", "open_run", "STORE_NAME", "SCHEMA"]
+
+STORE_NAME = "run.sqlite"
+HEARTBEAT_S = 1.0  # the writer refreshes its heartbeat at least this often
+STALE_S = 5.0  # a running run whose heartbeat is older than this is reported interrupted
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS scalars (
+    step INTEGER NOT NULL, level INTEGER NOT NULL, name TEXT NOT NULL, value REAL);
+CREATE INDEX IF NOT EXISTS scalars_by_series ON scalars (name, level, step);
+CREATE TABLE IF NOT EXISTS level_updates (
+    step INTEGER NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (step, level)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tensors (
+    step INTEGER NOT NULL, level INTEGER NOT NULL, kind TEXT NOT NULL,
+    mean REAL, std REAL, min REAL, max REAL, norm REAL,
+    hist BLOB NOT NULL, sample BLOB NOT NULL, sample_rows INTEGER NOT NULL, sample_cols INTEGER NOT NULL,
+    PRIMARY KEY (step, level, kind)) WITHOUT ROWID;
+"""
+TABLES = ("meta", "scalars", "level_updates", "tensors")
+
+
+class RunStoreError(ValueError):
+    """A path that is not a run, a damaged store, or a second writer; the message says which."""
+
+
+def _connect(db: Path, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+    else:
+        con = sqlite3.connect(db, timeout=5.0, check_same_thread=False)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses at most the last commits
+    return con
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Summary:
+    """One level's tensor summary, still on the device."""
+
+    step: int
+    level: int
+    kind: str
+    stats: Tensor  # (5,) mean, std, min, max, norm
+    hist: Tensor  # (bins,) counts over [min, max]
+    sample: Tensor  # (rows, cols) float16
+
+
+class RunWriter(Subscriber):
+    """Records a run into `directory/run.sqlite`; subscribe it to a Trainer."""
+
+    def __init__(self, directory: str | os.PathLike, scalars_every: int = 10, tensors_every: int = 100,
+                 sample_rows: int = 4, sample_cols: int = 64, bins: int = 32):
+        for name, value in (("scalars_every", scalars_every), ("tensors_every", tensors_every),
+                            ("sample_rows", sample_rows), ("sample_cols", sample_cols), ("bins", bins)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RunStoreError(f"{name}: must be an integer >= 1, got {value!r}")
+        self.directory = Path(directory)
+        self.path = self.directory / STORE_NAME
+        self.scalars_every, self.tensors_every = scalars_every, tensors_every
+        self.sample_rows, self.sample_cols, self.bins = sample_rows, sample_cols, bins
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._levels: list = []
+
+    # ------------------------------------------------------------------ trainer side
+    def on_start(self, trainer) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        con = _connect(self.path)
+        try:
+            con.executescript(SCHEMA)
+            self._refuse_second_writer(con)
+            now = time.time()
+            meta = {
+                "format": 1,
+                "config": trainer.config.to_dict(),
+                "device": trainer.device_name,
+                "versions": {"nlviz": _version(), "torch": torch.__version__, "python": platform.python_version()},
+                "start_time": now,
+                "status": "running",
+                "message": "",
+                "writer_pid": os.getpid(),
+                "heartbeat": now,
+                "cadence": {"scalars_every": self.scalars_every, "tensors_every": self.tensors_every},
+            }
+            with con:
+                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+        finally:
+            con.close()
+        trainer.measure_updates = True  # update_norm scalars
+        self._levels = list(trainer.model.levels)  # to find each level's output layer
+        self._thread = threading.Thread(target=self._drain, name="nlviz-run-writer", daemon=True)
+        self._thread.start()
+
+    def _refuse_second_writer(self, con: sqlite3.Connection) -> None:
+        row = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('status', 'writer_pid', 'heartbeat')"))
+        if row.get("status") and json.loads(row["status"]) == "running":
+            pid, beat = json.loads(row["writer_pid"]), json.loads(row["heartbeat"])
+            if pid != os.getpid() and _pid_alive(pid) and time.time() - beat < STALE_S:
+                raise RunStoreError(f"run: {self.directory} is being recorded by another process (pid {pid})")
+
+    @torch.no_grad()
+    def on_step(self, event: StepEvent) -> None:
+        t = event.step
+        if t % self.scalars_every == 0:
+            self._put(("scalars", t, *self._scalars(event)))
+        if t % self.tensors_every == 0 and event.surprise:
+            for s in self._summaries(event):
+                self._put(("tensor", s))
+
+    def on_level_update(self, event: LevelUpdateEvent) -> None:
+        self._put(("update", event.step, event.level + 1, event.update_norm))
+
+    def on_end(self, trainer, status: str, error: BaseException | None = None) -> None:
+        extra: dict[str, Any] = {"message": str(error) if error else "", "end_time": time.time()}
+        if isinstance(error, DivergenceError):
+            extra.update(diverged_step=error.step, diverged_level=error.level)
+        self._put(("status", status, extra))
+        self.close()
+
+    def close(self) -> None:
+        """Flush everything and stop the writer thread (idempotent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise RunStoreError(f"run store: writing {self.path} failed: {self._error}") from self._error
+
+    def _put(self, item: tuple) -> None:
+        if self._thread is not None:
+            self._queue.put(item)
+
+    def _scalars(self, event: StepEvent) -> tuple[list[tuple[int, str]], Tensor]:
+        """(level, name) keys and one stacked device tensor of their values."""
+        keys, values = [(0, "loss")], [event.loss.float()]
+        for l, (tr, u) in enumerate(zip(event.traces, event.surprise)):
+            if u is None:
+                continue
+            keys += [(l + 1, "surprise_norm"), (l + 1, "activation_norm")]
+            values += [u.float().norm(), tr.y.detach().float().norm()]
+            layer = getattr(self._levels[l], "output_layer", None)
+            if layer is not None and tr.linear_inputs:
+                j = self._levels[l].linears.index(layer)
+                x, g = tr.linear_inputs[j].detach(), event.linear_grads[l][j]
+                W = layer.weight.detach()
+                keys += [(l + 1, "dot_objective"), (l + 1, "l2_objective")]
+                values += [rules.dot_objective(W, x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])).float(),
+                           rules.l2_objective(W, x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])).float()]
+        return keys, torch.stack(values)
+
+    def _summaries(self, event: StepEvent) -> list[_Summary]:
+        out = []
+        for l, (tr, u) in enumerate(zip(event.traces, event.surprise)):
+            kinds = [("activation", tr.y.detach()), ("surprise", u)]
+            layer = getattr(self._levels[l], "output_layer", None)
+            if layer is not None and tr.linear_inputs:
+                kinds.append(("input", tr.linear_inputs[self._levels[l].linears.index(layer)].detach()))
+            for kind, t in kinds:
+                if t is None:
+                    continue
+                out.append(self._summary(event.step, l + 1, kind, t.reshape(-1, t.shape[-1]).float()))
+        return out
+
+    def _summary(self, step: int, level: int, kind: str, t: Tensor) -> _Summary:
+        lo, hi = t.min(), t.max()
+        stats = torch.stack([t.mean(), t.std(unbiased=False), lo, hi, t.norm()])
+        # Fixed number of bins over [min, max], computed without reading min/max to the host.
+        idx = ((t - lo) / (hi - lo).clamp_min(1e-12) * self.bins).long().clamp_(0, self.bins - 1)
+        hist = torch.bincount(idx.flatten(), minlength=self.bins)
+        sample = t[: self.sample_rows, : self.sample_cols].half()
+        return _Summary(step, level, kind, stats, hist, sample)
+
+    # ------------------------------------------------------------------ writer thread
+    def _drain(self) -> None:
+        con = _connect(self.path)
+        pending: list[tuple] = []
+        last = time.monotonic()
+        try:
+            while True:
+                try:
+                    item = self._queue.get(timeout=0.2)
+                except queue.Empty:
+                    item = ()
+                if item is None:
+                    self._flush(con, pending)
+                    return
+                if item:
+                    pending.append(item)
+                if time.monotonic() - last >= 0.5:  # batched commits, twice a second, with a heartbeat
+                    self._flush(con, pending)
+                    pending, last = [], time.monotonic()
+        except BaseException as e:  # reported by close(); never kill the training thread
+            self._error = e
+        finally:
+            con.close()
+
+    def _flush(self, con: sqlite3.Connection, items: list[tuple]) -> None:
+        scalars, updates, tensors, meta = [], [], [], {"heartbeat": time.time()}
+        for item in items:
+            kind = item[0]
+            if kind == "scalars":
+                _, step, keys, values = item
+                scalars += [(step, level, name, v if math.isfinite(v) else None)
+                            for (level, name), v in zip(keys, values.tolist())]
+            elif kind == "update":
+                _, step, level, norm = item
+                updates.append((step, level))
+                if norm is not None:
+                    scalars.append((step, level, "update_norm", float(norm)))
+            elif kind == "tensor":
+                s: _Summary = item[1]
+                mean, std, lo, hi, norm = (v if math.isfinite(v) else None for v in s.stats.tolist())
+                sample = s.sample.cpu().numpy()
+                tensors.append((s.step, s.level, s.kind, mean, std, lo, hi, norm,
+                                s.hist.cpu().numpy().astype(np.int32).tobytes(), sample.tobytes(), *sample.shape))
+            elif kind == "status":
+                _, status, extra = item
+                meta.update(status=status, **extra)
+        with con:
+            con.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", scalars)
+            con.executemany("INSERT OR IGNORE INTO level_updates VALUES (?, ?)", updates)
+            con.executemany("INSERT OR REPLACE INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tensors)
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+class RunReader:
+    """Read access to a run store, safe while a writer is still recording."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        db = path / STORE_NAME if path.is_dir() else path
+        if not db.is_file():
+            raise RunStoreError(f"path: {path} is not an nlviz run (no {STORE_NAME} in it)")
+        self.path = db
+        try:
+            self._con = _connect(db, readonly=True)
+            names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as e:
+            raise RunStoreError(f"path: {db} is damaged or not a run store ({e})") from None
+        if not set(TABLES) <= names:
+            raise RunStoreError(f"path: {db} is not an nlviz run store (tables {sorted(names)})")
+
+    def _meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self._con.execute("SELECT key, value FROM meta")}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._meta()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self._meta()["config"]
+
+    @property
+    def status(self) -> str:
+        """running, finished, interrupted, failed or diverged. A running run whose writer
+        stopped refreshing its heartbeat (killed, power cut) reads as interrupted."""
+        meta = self._meta()
+        status = meta.get("status", "running")
+        if status == "running" and time.time() - meta.get("heartbeat", 0) > STALE_S:
+            return "interrupted"
+        return status
+
+    def last_step(self) -> int:
+        row = self._con.execute("SELECT MAX(step) FROM scalars").fetchone()
+        return int(row[0] or 0)
+
+    def scalars(self, name: str | None = None, level: int | None = None, since: int | None = None,
+                max_points: int | None = None):
+        """DataFrame step, level, name, value; only steps > since; at most max_points rows per
+        series, keeping each bucket's minimum and maximum so no spike disappears."""
+        import pandas as pd
+
+        where, args = ["1"], []
+        if name is not None:
+            where.append("name = ?"), args.append(name)
+        if level is not None:
+            where.append("level = ?"), args.append(level)
+        if since is not None:
+            where.append("step > ?"), args.append(since)
+        cond = " AND ".join(where)
+        if max_points is None:
+            rows = self._con.execute(f"SELECT step, level, name, value FROM scalars WHERE {cond} ORDER BY name, level, step", args).fetchall()
+        else:
+            rows = []
+            for n, lv in self._con.execute(f"SELECT DISTINCT name, level FROM scalars WHERE {cond}", args).fetchall():
+                rows += self._decimated(n, lv, since, max_points)
+        return pd.DataFrame(rows, columns=["step", "level", "name", "value"])
+
+    def _decimated(self, name: str, level: int, since: int | None, max_points: int) -> list[tuple]:
+        base = "FROM scalars WHERE name = ? AND level = ? AND step > ?"
+        args = [name, level, -1 if since is None else since]
+        lo, hi, count = self._con.execute(f"SELECT MIN(step), MAX(step), COUNT(*) {base}", args).fetchone()
+        if count <= max_points:
+            return self._con.execute(f"SELECT step, level, name, value {base} ORDER BY step", args).fetchall()
+        buckets = max(1, max_points // 2)
+        width = (hi - lo) // buckets + 1
+        # SQLite fills a bare column from the row that holds the MIN / MAX of its group.
+        sql = (f"SELECT step, level, name, MIN(value) {base} GROUP BY (step - ?) / ? UNION "
+               f"SELECT step, level, name, MAX(value) {base} GROUP BY (step - ?) / ? ORDER BY step")
+        return self._con.execute(sql, args + [lo, width] + args + [lo, width]).fetchall()
+
+    def level_updates(self, since: int | None = None):
+        """DataFrame step, level of every Eq 31 update recorded so far."""
+        import pandas as pd
+
+        rows = self._con.execute("SELECT step, level FROM level_updates WHERE step > ? ORDER BY step, level",
+                                 [-1 if since is None else since]).fetchall()
+        return pd.DataFrame(rows, columns=["step", "level"])
+
+    def tensor_stats(self, kind: str | None = None, level: int | None = None, since: int | None = None):
+        """DataFrame step, level, kind, mean, std, min, max, norm."""
+        import pandas as pd
+
+        rows = self._con.execute(
+            "SELECT step, level, kind, mean, std, min, max, norm FROM tensors "
+            "WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR level = ?) AND step > ? ORDER BY step, level, kind",
+            [kind, kind, level, level, -1 if since is None else since]).fetchall()
+        return pd.DataFrame(rows, columns=["step", "level", "kind", "mean", "std", "min", "max", "norm"])
+
+    def tensor(self, step: int, level: int, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(histogram counts, float16 sample of shape (rows, cols)) of one recorded summary."""
+        row = self._con.execute("SELECT hist, sample, sample_rows, sample_cols FROM tensors "
+                                "WHERE step = ? AND level = ? AND kind = ?", [step, level, kind]).fetchone()
+        if row is None:
+            raise KeyError(f"no {kind} summary for level {level} at step {step}")
+        hist, sample, rows, cols = row
+        return np.frombuffer(hist, dtype=np.int32), np.frombuffer(sample, dtype=np.float16).reshape(rows, cols)
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def open_run(path: str | os.PathLike) -> RunReader:
+    """Open a recorded (or still recording) run: a run directory or its run.sqlite."""
+    return RunReader(path)

@@ -1,0 +1,169 @@
+"""The run store: what the writer records equals what the trainer computed; the reader's
+filters, decimation, liveness and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from nlviz import DivergenceError, LevelClock, Subscriber, Trainer, TrainConfig, rules
+from nlviz.store import SCHEMA, RunStoreError, RunWriter, open_run
+
+from conftest import tiny_config
+
+
+class Keep(Subscriber):
+    """Keeps host copies of what the writer should have recorded."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, {}
+
+    def on_step(self, event):
+        if event.step % 5:
+            return
+        self.rows[(event.step, 0, "loss")] = float(event.loss)
+        for l, (tr, u) in enumerate(zip(event.traces, event.surprise)):
+            self.rows[(event.step, l + 1, "surprise_norm")] = float(u.norm())
+            self.rows[(event.step, l + 1, "activation_norm")] = float(tr.y.detach().norm())
+            W = self.model.levels[l].fc2.weight.detach()
+            x, g = tr.linear_inputs[1].detach(), event.linear_grads[l][1]
+            self.rows[(event.step, l + 1, "dot_objective")] = float(rules.dot_objective(W, x, g))
+            self.rows[(event.step, l + 1, "l2_objective")] = float(rules.l2_objective(W, x, g))
+            if event.step % 10 == 0:
+                self.rows[(event.step, l + 1, "u")] = u.detach().clone()
+
+
+def test_round_trip_of_every_record_kind(tmp_path):
+    periods = (1, 2, 3)
+    trainer = Trainer(tiny_config(periods, steps=30))
+    keep = Keep(trainer.model)
+    trainer.subscribers += [keep, RunWriter(tmp_path, scalars_every=5, tensors_every=10)]
+    trainer.run()
+    run = open_run(tmp_path)
+    assert run.status == "finished" and TrainConfig.from_dict(run.config) == trainer.config
+    df = run.scalars()
+    for (step, level, name), value in keep.rows.items():
+        if name == "u":
+            continue
+        got = df[(df.step == step) & (df.level == level) & (df.name == name)].value
+        assert len(got) == 1 and got.iloc[0] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, level, name)
+    assert run.level_updates().values.tolist() == [[t, l + 1] for t, l in LevelClock(periods).updates_between(1, 30)]
+    assert (df.name == "update_norm").sum() == sum(30 // p for p in periods)
+    stats = run.tensor_stats(kind="surprise")
+    assert sorted(set(stats.step)) == [10, 20, 30] and set(stats.level) == {1, 2, 3}
+    u = keep.rows[(20, 2, "u")]
+    row = stats[(stats.step == 20) & (stats.level == 2)].iloc[0]
+    for key, ref in (("mean", u.mean()), ("std", u.std(unbiased=False)), ("min", u.min()), ("max", u.max()), ("norm", u.norm())):
+        assert row[key] == pytest.approx(float(ref), rel=1e-5, abs=1e-8)
+    hist, sample = run.tensor(20, 2, "surprise")
+    assert hist.sum() == u.numel() and len(hist) == 32
+    np.testing.assert_array_equal(sample, u[:4, :64].half().numpy())
+    assert set(run.tensor_stats().kind) == {"activation", "surprise", "input"}
+
+
+def test_since_returns_only_newer_records(tmp_path):
+    trainer = Trainer(tiny_config(steps=20), [RunWriter(tmp_path, scalars_every=2, tensors_every=4)])
+    trainer.run()
+    run = open_run(tmp_path)
+    assert run.scalars(since=14).step.min() == 15 and run.scalars("loss", since=14).step.min() == 16
+    assert run.level_updates(since=18).step.min() == 19
+    assert run.tensor_stats(since=12).step.min() == 16
+
+
+def _store_with(path, values):
+    con = sqlite3.connect(path)
+    con.executescript(SCHEMA)
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [("status", json.dumps("finished")), ("config", "{}")])
+    con.executemany("INSERT INTO scalars VALUES (?, 0, 'loss', ?)", [(i + 1, float(v)) for i, v in enumerate(values)])
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize("max_points", [10, 51, 400])
+def test_decimation_keeps_at_most_n_points_and_every_extreme(tmp_path, max_points):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=20_000)
+    values[1234], values[17_001] = 50.0, -40.0  # single-step spikes
+    _store_with(tmp_path / "run.sqlite", values)
+    df = open_run(tmp_path).scalars("loss", max_points=max_points)
+    assert 0 < len(df) <= max_points
+    assert df.value.max() == 50.0 and df.value.min() == -40.0
+    assert df.step.is_monotonic_increasing
+    full = open_run(tmp_path).scalars("loss", since=19_990, max_points=max_points)
+    assert full.step.tolist() == list(range(19_991, 20_001))  # few enough: every point
+
+
+def test_a_diverged_run_keeps_its_data_and_says_where(tmp_path):
+    from test_trainer import _PoisonedTask
+
+    cfg = tiny_config((1, 2), steps=20, norm=False)
+    trainer = Trainer(cfg, [RunWriter(tmp_path, scalars_every=1)], task=_PoisonedTask(cfg.task_options, "cpu", 0))
+    with pytest.raises(DivergenceError):
+        trainer.run()
+    run = open_run(tmp_path)
+    assert run.status == "diverged"
+    assert run.meta["diverged_step"] == 5 and "step 5" in run.meta["message"]
+    assert run.scalars("loss").step.tolist() == [1, 2, 3, 4, 5]
+
+
+def test_a_stale_heartbeat_reads_as_interrupted_and_a_live_writer_blocks_a_second(tmp_path):
+    trainer = Trainer(tiny_config(steps=4), [RunWriter(tmp_path)])
+    trainer.run()
+    con = sqlite3.connect(tmp_path / "run.sqlite")
+    con.execute("UPDATE meta SET value = ? WHERE key = 'status'", [json.dumps("running")])
+    con.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", [json.dumps(time.time() - 60)])
+    con.commit()
+    assert open_run(tmp_path).status == "interrupted"
+    con.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", [json.dumps(time.time())])
+    con.execute("UPDATE meta SET value = ? WHERE key = 'writer_pid'", [json.dumps(os.getppid())])
+    con.commit()
+    con.close()
+    second = Trainer(tiny_config(steps=4), [RunWriter(tmp_path)])
+    with pytest.raises(RunStoreError, match="^run: .* another process"):
+        second.run()
+
+
+def test_paths_that_are_not_runs_give_clear_errors(tmp_path):
+    with pytest.raises(RunStoreError, match="^path: .* is not an nlviz run"):
+        open_run(tmp_path)
+    (tmp_path / "run.sqlite").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(RunStoreError, match="^path: .* damaged"):
+        open_run(tmp_path)
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(RunStoreError, match="not an nlviz run store"):
+        open_run(other)
+
+
+def test_another_process_sees_a_live_run_grow(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nlviz", "train", "--steps", "1000000", "--no-progress",
+                             "--device", "cpu", "--scalars-every", "5", "--out", str(out)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, seen = time.time() + 60, []
+        while time.time() < deadline and len(seen) < 3:
+            if (out / "run.sqlite").exists():
+                try:
+                    run = open_run(out)
+                    seen.append((run.status, run.last_step()))
+                    run.close()
+                except RunStoreError:
+                    pass  # the writer has not created its tables yet
+            time.sleep(1.5)
+        assert len(seen) == 3 and all(status == "running" for status, _ in seen)
+        steps = [s for _, s in seen]
+        assert steps[0] < steps[1] < steps[2]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert open_run(out).status == "interrupted"
