@@ -20,6 +20,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from .config import (
     DEVICES,
+    TrainConfig,
     OPTIMIZERS,
     TASK_CONFIGS,
     VARIANTS,
@@ -27,7 +28,6 @@ from .config import (
     LevelSpec,
     ModelConfig,
     SurpriseConfig,
-    TrainConfig,
 )
 
 __all__ = ["main", "config_from_args"]
@@ -166,12 +166,16 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     t.add_argument("--sync-every", type=int, default=0, help="host reads every N steps (0 = auto)")
-    t.add_argument("--out", required=True,
-                   help="run directory, new or empty: run.sqlite (the live record), checkpoint.pt, summary.json")
-    t.add_argument("--checkpoint-every", type=int, default=0, help="also checkpoint every N steps (0 = at the end)")
+    t.add_argument("--out", help="run directory, new or empty: run.sqlite (the live record), checkpoint.pt, summary.json")
+    t.add_argument("--resume", metavar="DIR",
+                   help="continue an interrupted run from its last checkpoint, with its own settings")
+    t.add_argument("--checkpoint-every", type=int, default=500,
+                   help="checkpoint every N steps, so --resume loses little (0 = only at the end; default 500)")
     t.add_argument("--scalars-every", type=int, default=10, help="record scalars every N steps (default 10)")
     t.add_argument("--tensors-every", type=int, default=100, help="record tensor summaries every N steps (default 100)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r = sub.add_parser("runs", help="list the runs in a directory", description="List runs: status, steps, age.")
+    r.add_argument("parent", metavar="PARENT", help="a directory holding run directories")
     return p
 
 
@@ -206,25 +210,59 @@ def _check_out(out: Path) -> None:
         raise ConfigError(f"--out: {out} cannot be created ({parent} is not a writable directory)")
 
 
-def _train(a: argparse.Namespace) -> int:
+def _prepare(a: argparse.Namespace):
+    """Validate everything before any work: (config, out, checkpoint to resume or None, cadences)."""
     from .device import resolve_device
+    from .store import RunStoreError, open_run
 
-    try:
-        config = config_from_args(a)
+    if a.resume is not None:
+        out = Path(a.resume)
+        try:
+            run = open_run(out)
+            meta, status = run.meta, run.status
+            run.close()
+        except RunStoreError as e:
+            raise ConfigError(f"--resume: {str(e).partition(': ')[2]}") from None
+        if status in ("finished", "running"):
+            raise ConfigError(f"--resume: {out} is {status}; only an interrupted, failed or diverged run resumes")
+        config = TrainConfig.from_dict(meta["config"])
         resolve_device(config.device)
+        checkpoint = out / "checkpoint.pt"
+        cadence = meta.get("cadence", {})
+        return config, out, (checkpoint if checkpoint.exists() else None), cadence.get("scalars_every", 10), \
+            cadence.get("tensors_every", 100)
+    if a.out is None:
+        raise ConfigError("--out: give a new run directory (or --resume DIR to continue a run)")
+    config = config_from_args(a)
+    resolve_device(config.device)
+    for option, value in (("--scalars-every", a.scalars_every), ("--tensors-every", a.tensors_every)):
+        if value < 1:
+            raise ConfigError(f"{option}: must be an integer >= 1, got {value}")
+    out = Path(a.out)
+    _check_out(out)
+    return config, out, None, a.scalars_every, a.tensors_every
+
+
+def _train(a: argparse.Namespace) -> int:
+    try:
         if a.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every: must be an integer >= 0, got {a.checkpoint_every}")
-        for option, value in (("--scalars-every", a.scalars_every), ("--tensors-every", a.tensors_every)):
-            if value < 1:
-                raise ConfigError(f"{option}: must be an integer >= 1, got {value}")
-        out = Path(a.out)
-        _check_out(out)
+        config, out, checkpoint, scalars_every, tensors_every = _prepare(a)
     except ConfigError as e:
         return _fail(str(e))
 
     import torch
 
+    from .store import RunWriter
     from .trainer import DivergenceError, Subscriber, Trainer
+
+    resuming = a.resume is not None
+    if checkpoint is not None:
+        trainer = Trainer.from_checkpoint(checkpoint)
+    else:
+        trainer = Trainer(config)
+    writer = RunWriter(out, scalars_every=scalars_every, tensors_every=tensors_every,
+                       resume_after=trainer.clock.t if resuming else None)
 
     class Checkpointer(Subscriber):
         def __init__(self, every: int):
@@ -232,12 +270,10 @@ def _train(a: argparse.Namespace) -> int:
 
         def on_step_end(self, trainer, step) -> None:  # after the update: a whole step
             if self.every and step % self.every == 0:
+                writer.sync()  # every record up to this step is in the store before the checkpoint
                 trainer.save_checkpoint(out / "checkpoint.pt")
 
-    from .store import RunWriter
-
-    writer = RunWriter(out, scalars_every=a.scalars_every, tensors_every=a.tensors_every)
-    trainer = Trainer(config, [writer, Checkpointer(a.checkpoint_every)])
+    trainer.subscribers += [writer, Checkpointer(a.checkpoint_every)]
 
     def stop_after_this_step(signum, frame) -> None:
         # The first Ctrl-C finishes the current step, so the checkpoint is consistent;
@@ -250,18 +286,19 @@ def _train(a: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, stop_after_this_step) if main_thread else None
     out.mkdir(parents=True, exist_ok=True)
     levels = ",".join(str(p) for p in config.model.periods)
-    print(f"nlviz: {config.task} on {trainer.device_name}, levels with periods {levels}, "
+    verb = f"resuming at step {trainer.clock.t}" if resuming else "starting"
+    print(f"nlviz: {verb}: {config.task} on {trainer.device_name}, levels with periods {levels}, "
           f"{config.steps} steps -> {out}", file=sys.stderr)
     summary: dict[str, Any] = {"config": config.to_dict(), "device": trainer.device_name, "torch": torch.__version__}
-    start, status, code, whole_step = time.time(), "finished", 0, True
+    start, status, code, whole_step, first = time.time(), "finished", 0, True, trainer.clock.t
     try:
         result = trainer.run(progress=not a.no_progress)
         summary.update(final_loss=result.final_loss, metrics=result.metrics)
         if result.status == "stopped":
             status, code = "interrupted", 130
             trainer.end(status)
-            print(f"nlviz: interrupted after step {trainer.clock.t}; the checkpoint continues from there "
-                  "(Trainer.from_checkpoint)", file=sys.stderr)
+            print(f"nlviz: interrupted after step {trainer.clock.t}; continue with "
+                  f"python -m nlviz train --resume {out}", file=sys.stderr)
     except DivergenceError as e:
         status, code = "diverged", 1
         summary.update(error=str(e), diverged_step=e.step, diverged_level=e.level)
@@ -276,22 +313,59 @@ def _train(a: argparse.Namespace) -> int:
     if status != "diverged" and whole_step:
         trainer.save_checkpoint(out / "checkpoint.pt")
     updates = [trainer.clock.t // p for p in config.model.periods]
+    done = trainer.clock.t - first
     summary.update(status=status, steps_done=trainer.clock.t, seconds=round(seconds, 3),
-                   steps_per_second=round(trainer.clock.t / max(seconds, 1e-9), 1), level_updates=updates)
+                   steps_per_second=round(done / max(seconds, 1e-9), 1), level_updates=updates)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(out / "summary.json")
     if status == "finished":
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
-        print(f"nlviz: {status}: {trainer.clock.t} steps in {seconds:.1f} s "
+        print(f"nlviz: {status}: {done} steps in {seconds:.1f} s "
               f"({summary['steps_per_second']:.0f} steps/s); final loss {result.final_loss:.4g}; {metrics}",
               file=sys.stderr)
-        print(f"nlviz: wrote {out / 'checkpoint.pt'} and {out / 'summary.json'}", file=sys.stderr)
+        print(f"nlviz: wrote {out / 'run.sqlite'}, {out / 'checkpoint.pt'} and {out / 'summary.json'}",
+              file=sys.stderr)
     return code
+
+
+def _runs(a: argparse.Namespace) -> int:
+    from .store import STORE_NAME, RunStoreError, open_run
+
+    parent = Path(a.parent)
+    if not parent.is_dir():
+        return _fail(f"PARENT: {parent} is not a directory")
+    rows = []
+    for d in sorted(p for p in parent.iterdir() if (p / STORE_NAME).is_file()):
+        try:
+            run = open_run(d)
+            meta, status, last = run.meta, run.status, run.last_step()
+            run.close()
+        except RunStoreError as e:
+            rows.append((d.name, "unreadable", "-", "-", str(e)))
+            continue
+        total = meta.get("config", {}).get("steps", "?")
+        age = time.time() - meta.get("heartbeat", meta.get("start_time", time.time()))
+        rows.append((d.name, status, f"{last}/{total}", _age(age), meta.get("config", {}).get("task", "?")))
+    if not rows:
+        print(f"no runs in {parent}")
+        return 0
+    header = ("run", "status", "steps", "last seen", "task")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "train":
         return _train(args)
-    return 2  # unreachable: argparse requires a command
+    return _runs(args)

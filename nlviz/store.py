@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -41,7 +42,7 @@ from torch import Tensor
 from . import rules
 from .trainer import DivergenceError, LevelUpdateEvent, StepEvent, Subscriber
 
-__all__ = ["RunWriter", "RunReader", "RunStoreError", "open_run", "STORE_NAME", "SCHEMA"]
+__all__ = ["RunWriter", "RunReader", "RunStoreError", "open_run", "run_directory", "STORE_NAME", "SCHEMA"]
 
 STORE_NAME = "run.sqlite"
 HEARTBEAT_S = 1.0  # the writer refreshes its heartbeat at least this often
@@ -103,7 +104,9 @@ class RunWriter(Subscriber):
     """Records a run into `directory/run.sqlite`; subscribe it to a Trainer."""
 
     def __init__(self, directory: str | os.PathLike, scalars_every: int = 10, tensors_every: int = 100,
-                 sample_rows: int = 4, sample_cols: int = 64, bins: int = 32):
+                 sample_rows: int = 4, sample_cols: int = 64, bins: int = 32, resume_after: int | None = None):
+        """resume_after: continue an existing store from that step (its checkpoint): records
+        of later steps are deleted first, so a resumed run has no duplicated steps."""
         for name, value in (("scalars_every", scalars_every), ("tensors_every", tensors_every),
                             ("sample_rows", sample_rows), ("sample_cols", sample_cols), ("bins", bins)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -112,6 +115,7 @@ class RunWriter(Subscriber):
         self.path = self.directory / STORE_NAME
         self.scalars_every, self.tensors_every = scalars_every, tensors_every
         self.sample_rows, self.sample_cols, self.bins = sample_rows, sample_cols, bins
+        self.resume_after = resume_after
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -125,6 +129,10 @@ class RunWriter(Subscriber):
             con.executescript(SCHEMA)
             self._refuse_second_writer(con)
             now = time.time()
+            if self.resume_after is not None:
+                with con:
+                    for table in ("scalars", "level_updates", "tensors"):
+                        con.execute(f"DELETE FROM {table} WHERE step > ?", [self.resume_after])
             meta = {
                 "format": 1,
                 "config": trainer.config.to_dict(),
@@ -137,6 +145,9 @@ class RunWriter(Subscriber):
                 "heartbeat": now,
                 "cadence": {"scalars_every": self.scalars_every, "tensors_every": self.tensors_every},
             }
+            if self.resume_after is not None:
+                del meta["start_time"]
+                meta["resumed_at_step"] = self.resume_after
             with con:
                 con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
         finally:
@@ -171,6 +182,15 @@ class RunWriter(Subscriber):
             extra.update(diverged_step=error.step, diverged_level=error.level)
         self._put(("status", status, extra))
         self.close()
+
+    def sync(self, timeout: float = 60.0) -> None:
+        """Block until everything recorded so far is committed. Call it before writing a
+        checkpoint: a run resumed from that checkpoint then misses no earlier record."""
+        if self._thread is not None:
+            done = threading.Event()
+            self._queue.put(("sync", done))
+            if not done.wait(timeout):
+                raise RunStoreError(f"run store: {self.path} did not commit within {timeout:.0f} s")
 
     def close(self) -> None:
         """Flush everything and stop the writer thread (idempotent)."""
@@ -239,6 +259,11 @@ class RunWriter(Subscriber):
                 if item is None:
                     self._flush(con, pending)
                     return
+                if item and item[0] == "sync":
+                    self._flush(con, pending)
+                    pending, last = [], time.monotonic()
+                    item[1].set()
+                    continue
                 if item:
                     pending.append(item)
                 if time.monotonic() - last >= 0.5:  # batched commits, twice a second, with a heartbeat
@@ -390,6 +415,22 @@ class RunReader:
 
     def close(self) -> None:
         self._con.close()
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def run_directory(parent: str | os.PathLike, name: str) -> Path:
+    """parent/name for a new run, refusing any name that could leave parent."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise RunStoreError(
+            f"name: a run name is 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit; got {name!r}"
+        )
+    parent = Path(parent).resolve()
+    path = (parent / name).resolve()
+    if path.parent != parent:  # belt and braces: the pattern already rules this out
+        raise RunStoreError(f"name: {name!r} leaves {parent}")
+    return path
 
 
 def open_run(path: str | os.PathLike) -> RunReader:

@@ -167,3 +167,70 @@ def test_another_process_sees_a_live_run_grow(tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert open_run(out).status == "interrupted"
+
+
+def _train(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "nlviz", "train", "--no-progress", "--device", "cpu", *args],
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_kill_9_leaves_a_sound_store_that_reads_interrupted_and_resumes_without_duplicates(tmp_path):
+    out = tmp_path / "run"
+    proc = _train("--steps", "3000", "--checkpoint-every", "200", "--scalars-every", "5", "--out", str(out))
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            run = open_run(out)
+            if run.last_step() >= 1000:
+                break
+        except RunStoreError:
+            pass
+    proc.kill()
+    killed_at = time.time()
+    proc.communicate(timeout=30)
+
+    con = sqlite3.connect(out / "run.sqlite")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    meta = open_run(out).meta
+    assert meta["status"] == "running" and killed_at - meta["heartbeat"] <= 1.5  # at most ~1 s lost
+    deadline = time.time() + 15
+    while open_run(out).status != "interrupted" and time.time() < deadline:
+        time.sleep(0.5)
+    assert open_run(out).status == "interrupted"
+    assert time.time() - killed_at < 10
+
+    resumed = _train("--resume", str(out))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    run = open_run(out)
+    assert run.status == "finished"
+    assert run.scalars("loss").step.tolist() == list(range(5, 3001, 5))  # nothing missing, nothing twice
+    updates = run.level_updates()
+    assert not updates.duplicated().any() and len(updates) == sum(3000 // p for p in (1, 8, 64))
+
+
+def test_resume_refuses_what_cannot_resume_and_runs_lists_runs(tmp_path):
+    done = tmp_path / "done"
+    assert _train("--steps", "20", "--out", str(done)).wait(timeout=120) == 0
+    proc = _train("--resume", str(done))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and err.strip() == f"nlviz: error: --resume: {done} is finished; only an interrupted, failed or diverged run resumes"
+    proc = _train("--resume", str(tmp_path / "nothing"))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--resume:" in err and "not an nlviz run" in err
+    (tmp_path / "notes").mkdir()
+    listing = subprocess.run([sys.executable, "-m", "nlviz", "runs", str(tmp_path)], capture_output=True, text=True)
+    lines = listing.stdout.strip().splitlines()
+    assert listing.returncode == 0 and lines[0].split() == ["run", "status", "steps", "last", "seen", "task"]
+    assert lines[1].split()[:3] == ["done", "finished", "20/20"] and len(lines) == 2
+
+
+def test_run_names_cannot_leave_their_parent(tmp_path):
+    from nlviz.store import run_directory
+
+    assert run_directory(tmp_path, "cms-1_8_64.v2") == (tmp_path / "cms-1_8_64.v2").resolve()
+    for bad in ["..", "../x", "a/b", "/etc", ".hidden", "", "a" * 101, "x..y", "a b", "~root"]:
+        with pytest.raises(RunStoreError, match="^name: "):
+            run_directory(tmp_path, bad)
