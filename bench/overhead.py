@@ -11,6 +11,12 @@ Prints one `name: ratio` line per measure (targets and latest figures: docs/benc
     trainer_vs_plain            throughput, Trainer recording nothing / a plain loop
                                 that records nothing (like for like)               (>= 0.95)
     trainer_vs_plain_capture    throughput, Trainer with its default capture / the plain loop
+    telemetry_time              step time, Trainer (defaults) recording into the run store at
+                                its default cadence / the same Trainer without it  (<= 1.05)
+
+After the ratios: the store's size per 100,000 steps at the default cadence, how long a
+new step takes to become visible to a reader in another thread (target <= 1 s), and how
+long a decimated plot query takes on a 1,000,000-step series.
 
 Every measure uses one model: a CMS of 3 MLP levels (width 64, hidden 256, every period 1,
 Adam at lr 1e-3 everywhere), batch 32, the multiscale task with dim 64, seed 0. The plain
@@ -30,6 +36,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import shutil
+import sqlite3
+import tempfile
+import threading
 import gc
 import os
 import platform
@@ -43,8 +53,9 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from nlviz import CMS, LevelSpec, ModelConfig, MultiscaleConfig, Trainer, TrainConfig, make_task
+from nlviz import CMS, LevelSpec, ModelConfig, MultiscaleConfig, Subscriber, Trainer, TrainConfig, make_task
 from nlviz.config import ConfigError
+from nlviz.store import SCHEMA, RunWriter, open_run
 from nlviz.device import describe_device, resolve_device, seed_everything
 
 
@@ -125,8 +136,8 @@ def peak_bytes(config: TrainConfig, steps: int, device: torch.device) -> int:
     return peak
 
 
-def sides(device: str, **model) -> dict:
-    """The three runners, built alike and checked to compute the same losses after a step."""
+def sides(device: str, store: str | None = None, **model) -> dict:
+    """The runners, built alike and checked to compute the same losses after a step."""
     runners = {
         "trainer+default": Trainer(make_config(device, "default", **model)),
         "trainer+full": Trainer(make_config(device, "full", **model)),
@@ -134,12 +145,89 @@ def sides(device: str, **model) -> dict:
         "trainer": Trainer(make_config(device, "none", **model)),
         "plain": PlainLoop(make_config(device, "none", **model)),
     }
+    if store is not None:
+        runners["trainer+telemetry"] = Trainer(make_config(device, "default", **model), [RunWriter(store)])
     for r in runners.values():
         r.run(1)
     losses = [r.last_loss for r in runners.values()]
     if not all(torch.allclose(losses[0], loss) for loss in losses):
         raise RuntimeError(f"the sides do not compute the same thing: first losses {[float(v) for v in losses]}")
     return runners
+
+
+def store_size(writer: RunWriter, steps: int) -> int:
+    """Bytes of the store once everything is committed and the WAL folded into the file."""
+    writer.close()
+    con = sqlite3.connect(writer.path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    return writer.path.stat().st_size
+
+
+def visibility(device: str, steps: int) -> tuple[float, float]:
+    """Median and worst seconds from a step's event to a reader in another thread seeing it."""
+    directory = tempfile.mkdtemp(prefix="nlviz-bench-")
+    emitted: dict[int, float] = {}
+    seen: dict[int, float] = {}
+
+    class Clock(Subscriber):
+        def on_step(self, event):
+            emitted[event.step] = time.perf_counter()
+
+    writer = RunWriter(directory, scalars_every=1)
+    trainer = Trainer(make_config(device, "default"), [Clock(), writer])
+    trainer.step()  # creates the store
+    done = threading.Event()
+
+    def poll() -> None:
+        con = sqlite3.connect(f"file:{writer.path}?mode=ro", uri=True)
+        last = 0
+        while not done.is_set():
+            step = con.execute("SELECT MAX(step) FROM scalars").fetchone()[0] or 0
+            now = time.perf_counter()
+            for t in range(last + 1, step + 1):
+                seen[t] = now
+            last = step
+            time.sleep(0.01)
+        con.close()
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    trainer.run(steps)
+    time.sleep(1.5)
+    done.set()
+    reader.join()
+    writer.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    lags = [seen[t] - emitted[t] for t in emitted if t in seen and t > 1]
+    return statistics.median(lags), max(lags)
+
+
+def plot_query(n: int) -> list[tuple[str, float]]:
+    """Seconds for the dashboard's queries on a synthetic n-step loss series."""
+    directory = tempfile.mkdtemp(prefix="nlviz-bench-")
+    con = sqlite3.connect(f"{directory}/run.sqlite")
+    con.executescript(SCHEMA)
+    values = torch.randn(n, generator=torch.Generator().manual_seed(0)).tolist()
+    con.executemany("INSERT INTO scalars VALUES (?, 0, 'loss', ?)", ((i + 1, v) for i, v in enumerate(values)))
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [("status", '"finished"'), ("config", "{}")])
+    con.execute("INSERT INTO series VALUES ('loss', 0)")
+    con.commit()
+    con.close()
+    run = open_run(directory)
+    out = []
+    for label, call in ((f"{n:,} steps decimated to 1,000 points", lambda: run.scalars("loss", max_points=1000)),
+                        ("the newest 1,000 steps", lambda: run.scalars("loss", since=n - 1000))):
+        out.append((label, min(_timed(call) for _ in range(3))))
+    run.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    return out
+
+
+def _timed(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def cpu_name() -> str:
@@ -186,7 +274,8 @@ def main() -> None:
     print(f"memory: peak over {args.memory_steps} steps from a fresh trainer ({mem_method})")
     print()
 
-    runners = sides(args.device)
+    store = tempfile.mkdtemp(prefix="nlviz-bench-")
+    runners = sides(args.device, store=store)
     step_times(runners, 1, args.steps, device)  # warm-up
     t = step_times(runners, args.rounds, args.steps, device)
     # The default side's peak is the full side's: the steps that record set it.
@@ -197,9 +286,19 @@ def main() -> None:
     print(f"capture_full_memory: {mem['full'] / mem['none']:.2f}")
     print(f"trainer_vs_plain: {t['plain'] / t['trainer']:.2f}")
     print(f"trainer_vs_plain_capture: {t['plain'] / t['trainer+default']:.2f}")
+    print(f"telemetry_time: {t['trainer+telemetry'] / t['trainer+default']:.2f}")
     print()
     print("step time (ms): " + ", ".join(f"{name} {1e3 * s:.3f}" for name, s in t.items()))
     print("peak memory (MB): " + ", ".join(f"{c} {b / 1e6:.2f}" for c, b in mem.items()))
+    telemetry = runners["trainer+telemetry"]
+    writer = next(s for s in telemetry.subscribers if isinstance(s, RunWriter))
+    print(f"store size per 100,000 steps: {store_size(writer, telemetry.clock.t) * 1e5 / telemetry.clock.t / 1e6:.1f} MB "
+          f"(default cadence: scalars every {writer.scalars_every}, tensors every {writer.tensors_every} steps)")
+    lat = visibility(args.device, 400 if args.quick else 2000)
+    print(f"visibility: a recorded step reaches a reader in median {lat[0]:.2f} s, at most {lat[1]:.2f} s (target <= 1 s)")
+    for label, seconds in plot_query(100_000 if args.quick else 1_000_000):
+        print(f"plot query, {label}: {seconds * 1e3:.0f} ms")
+    shutil.rmtree(store, ignore_errors=True)
 
     if scaling:
         rounds = max(3, args.rounds // 4)

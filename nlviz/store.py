@@ -5,7 +5,9 @@ writer and any number of concurrent readers. The schema (levels are numbered fro
 level 0 is the whole model):
 
     meta(key, value)                     JSON values: config, device, versions, status, ...
-    scalars(step, level, name, value)    long form: loss, surprise_norm, activation_norm,
+    scalars(step, level, name, value)    long form, clustered by (name, level, step) so a
+                                         series reads as one range (`series` lists them): loss,
+                                         surprise_norm, activation_norm,
                                          dot_objective (Eq 26), l2_objective (Eq 27),
                                          update_norm
     level_updates(step, level)           every Eq 31 update, so the clock can be drawn exactly
@@ -51,8 +53,9 @@ STALE_S = 5.0  # a running run whose heartbeat is older than this is reported in
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS scalars (
-    step INTEGER NOT NULL, level INTEGER NOT NULL, name TEXT NOT NULL, value REAL);
-CREATE INDEX IF NOT EXISTS scalars_by_series ON scalars (name, level, step);
+    step INTEGER NOT NULL, level INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
+    PRIMARY KEY (name, level, step)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS series (name TEXT NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (name, level)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS level_updates (
     step INTEGER NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (step, level)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tensors (
@@ -61,7 +64,7 @@ CREATE TABLE IF NOT EXISTS tensors (
     hist BLOB NOT NULL, sample BLOB NOT NULL, sample_rows INTEGER NOT NULL, sample_cols INTEGER NOT NULL,
     PRIMARY KEY (step, level, kind)) WITHOUT ROWID;
 """
-TABLES = ("meta", "scalars", "level_updates", "tensors")
+TABLES = ("meta", "scalars", "series", "level_updates", "tensors")
 
 
 class RunStoreError(ValueError):
@@ -120,6 +123,7 @@ class RunWriter(Subscriber):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._levels: list = []
+        self._updates: list[tuple] = []
 
     # ------------------------------------------------------------------ trainer side
     def on_start(self, trainer) -> None:
@@ -152,7 +156,7 @@ class RunWriter(Subscriber):
                 con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
         finally:
             con.close()
-        trainer.measure_updates = True  # update_norm scalars
+        trainer.measure_updates = self.scalars_every  # update_norm at the scalar cadence
         self._levels = list(trainer.model.levels)  # to find each level's output layer
         self._thread = threading.Thread(target=self._drain, name="nlviz-run-writer", daemon=True)
         self._thread.start()
@@ -174,9 +178,17 @@ class RunWriter(Subscriber):
                 self._put(("tensor", s))
 
     def on_level_update(self, event: LevelUpdateEvent) -> None:
-        self._put(("update", event.step, event.level + 1, event.update_norm))
+        self._updates.append((event.step, event.level + 1, event.update_norm))
+
+    def on_step_end(self, trainer, step: int) -> None:
+        # Update events go to the writer thread in batches, once per scalar period.
+        if self._updates and step % self.scalars_every == 0:
+            self._put(("updates", self._updates))
+            self._updates = []
 
     def on_end(self, trainer, status: str, error: BaseException | None = None) -> None:
+        self._put(("updates", self._updates))
+        self._updates = []
         extra: dict[str, Any] = {"message": str(error) if error else "", "end_time": time.time()}
         if isinstance(error, DivergenceError):
             extra.update(diverged_step=error.step, diverged_level=error.level)
@@ -187,6 +199,8 @@ class RunWriter(Subscriber):
         """Block until everything recorded so far is committed. Call it before writing a
         checkpoint: a run resumed from that checkpoint then misses no earlier record."""
         if self._thread is not None:
+            self._put(("updates", self._updates))
+            self._updates = []
             done = threading.Event()
             self._queue.put(("sync", done))
             if not done.wait(timeout):
@@ -282,11 +296,11 @@ class RunWriter(Subscriber):
                 _, step, keys, values = item
                 scalars += [(step, level, name, v if math.isfinite(v) else None)
                             for (level, name), v in zip(keys, values.tolist())]
-            elif kind == "update":
-                _, step, level, norm = item
-                updates.append((step, level))
-                if norm is not None:
-                    scalars.append((step, level, "update_norm", float(norm)))
+            elif kind == "updates":
+                for step, level, norm in item[1]:
+                    updates.append((step, level))
+                    if norm is not None:
+                        scalars.append((step, level, "update_norm", float(norm)))
             elif kind == "tensor":
                 s: _Summary = item[1]
                 mean, std, lo, hi, norm = (v if math.isfinite(v) else None for v in s.stats.tolist())
@@ -297,7 +311,8 @@ class RunWriter(Subscriber):
                 _, status, extra = item
                 meta.update(status=status, **extra)
         with con:
-            con.executemany("INSERT INTO scalars VALUES (?, ?, ?, ?)", scalars)
+            con.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?, ?)", scalars)
+            con.executemany("INSERT OR IGNORE INTO series VALUES (?, ?)", {(n, lv) for _, lv, n, _ in scalars})
             con.executemany("INSERT OR IGNORE INTO level_updates VALUES (?, ?)", updates)
             con.executemany("INSERT OR REPLACE INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tensors)
             con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
@@ -357,19 +372,17 @@ class RunReader:
         series, keeping each bucket's minimum and maximum so no spike disappears."""
         import pandas as pd
 
-        where, args = ["1"], []
-        if name is not None:
-            where.append("name = ?"), args.append(name)
-        if level is not None:
-            where.append("level = ?"), args.append(level)
-        if since is not None:
-            where.append("step > ?"), args.append(since)
-        cond = " AND ".join(where)
-        if max_points is None:
-            rows = self._con.execute(f"SELECT step, level, name, value FROM scalars WHERE {cond} ORDER BY name, level, step", args).fetchall()
-        else:
-            rows = []
-            for n, lv in self._con.execute(f"SELECT DISTINCT name, level FROM scalars WHERE {cond}", args).fetchall():
+        rows = []
+        for n, lv in self._con.execute(
+            "SELECT name, level FROM series WHERE (? IS NULL OR name = ?) AND (? IS NULL OR level = ?) ORDER BY name, level",
+            [name, name, level, level],
+        ).fetchall():
+            if max_points is None:
+                rows += self._con.execute(
+                    "SELECT step, level, name, value FROM scalars WHERE name = ? AND level = ? AND step > ? ORDER BY step",
+                    [n, lv, -1 if since is None else since],
+                ).fetchall()
+            else:
                 rows += self._decimated(n, lv, since, max_points)
         return pd.DataFrame(rows, columns=["step", "level", "name", "value"])
 

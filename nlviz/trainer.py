@@ -131,7 +131,7 @@ class Trainer:
         *,
         model: nn.Module | None = None,
         task: Task | None = None,
-        measure_updates: bool = False,
+        measure_updates: int = 0,
     ):
         self.config = config
         self.device = resolve_device(config.device)
@@ -148,7 +148,9 @@ class Trainer:
         self.groups: list[UpdateGroup] = build_update_groups(self.model, config)
         self.capture = SurpriseCapture(self.n_levels, config.surprise) if config.capture else None
         self.subscribers: list[Subscriber] = list(subscribers)
-        self.measure_updates = measure_updates
+        # Measure ||theta_after - theta_before|| at steps divisible by this (0 = never), and at
+        # every update of a level whose period is at least this (those are rare anyway).
+        self.measure_updates = int(measure_updates)
         self.sync_every = config.sync_every or (1 if self.device.type == "cpu" else 50)
         # Device-side record of the first non-finite step (used when sync_every > 1).
         self._first_bad = torch.zeros((), dtype=torch.long, device=self.device)
@@ -239,7 +241,9 @@ class Trainer:
                 torch._foreach_mul_(grads, 1.0 / g.period)
                 if isinstance(g.optimizer, DGD):
                     g.optimizer.scale_(1.0 / g.period)
-            before = [p.detach().clone() for p in g.params] if self.measure_updates else None
+            every = self.measure_updates
+            measure = every > 0 and (t % every == 0 or g.period >= every)
+            before = [p.detach().clone() for p in g.params] if measure else None
             g.optimizer.step()
             g.zero_grad()
             if self.subscribers:

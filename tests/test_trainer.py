@@ -42,7 +42,7 @@ class Recorder(Subscriber):
 
 def test_events_follow_the_clock_and_update_norms_are_the_parameter_change():
     rec = Recorder()
-    trainer = Trainer(tiny_config((1, 3, 4), steps=12), [rec], measure_updates=True)
+    trainer = Trainer(tiny_config((1, 3, 4), steps=12), [rec], measure_updates=1)
     level2 = trainer.model.levels[1]
     before = torch.cat([p.detach().flatten().clone() for p in level2.parameters()])
     trainer.run(steps=3)
