@@ -203,8 +203,12 @@ class RunWriter(Subscriber):
             self._updates = []
             done = threading.Event()
             self._queue.put(("sync", done))
-            if not done.wait(timeout):
-                raise RunStoreError(f"run store: {self.path} did not commit within {timeout:.0f} s")
+            deadline = time.monotonic() + timeout
+            while not done.wait(0.1):
+                if not self._thread.is_alive():  # it failed: close() reports why
+                    self.close()
+                if time.monotonic() > deadline:
+                    raise RunStoreError(f"run store: {self.path} did not commit within {timeout:.0f} s")
 
     def close(self) -> None:
         """Flush everything and stop the writer thread (idempotent)."""

@@ -236,3 +236,12 @@ def test_run_names_cannot_leave_their_parent(tmp_path):
     for bad in ["..", "../x", "a/b", "/etc", ".hidden", "", "a" * 101, "x..y", "a b", "~root"]:
         with pytest.raises(RunStoreError, match="^name: "):
             run_directory(tmp_path, bad)
+
+
+def test_a_failing_writer_thread_is_reported_not_swallowed(tmp_path):
+    writer = RunWriter(tmp_path)
+    trainer = Trainer(tiny_config(steps=10), [writer])
+    trainer.step()
+    writer._queue.put(("scalars", 1, [(0, "loss")], "not a tensor"))  # makes the thread's flush fail
+    with pytest.raises(RunStoreError, match="^run store: writing .* failed"):
+        writer.sync(timeout=10)
