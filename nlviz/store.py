@@ -123,6 +123,7 @@ class RunWriter(Subscriber):
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._levels: list = []
+        self._out_index: list[int | None] = []
         self._updates: list[tuple] = []
 
     # ------------------------------------------------------------------ trainer side
@@ -157,7 +158,10 @@ class RunWriter(Subscriber):
         finally:
             con.close()
         trainer.measure_updates = self.scalars_every  # update_norm at the scalar cadence
-        self._levels = list(trainer.model.levels)  # to find each level's output layer
+        self._levels = list(trainer.model.levels)
+        # Where each level's output layer sits among its linears (None: it has none).
+        self._out_index = [lv.linears.index(lv.output_layer) if getattr(lv, "output_layer", None) is not None
+                           else None for lv in self._levels]
         self._thread = threading.Thread(target=self._drain, name="nlviz-run-writer", daemon=True)
         self._thread.start()
 
@@ -223,6 +227,16 @@ class RunWriter(Subscriber):
         if self._thread is not None:
             self._queue.put(item)
 
+    def _output_layer(self, event: StepEvent, l: int) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(W, x, u) of level l's output layer at this step, as (d_out, d_in), (rows, d_in),
+        (rows, d_out); None when the level has none or this step kept no linear records."""
+        j, tr = self._out_index[l], event.traces[l]
+        if j is None or not tr.linear_inputs:
+            return None
+        x, g = tr.linear_inputs[j].detach(), event.linear_grads[l][j]
+        W = self._levels[l].linears[j].weight.detach()
+        return W, x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+
     def _scalars(self, event: StepEvent) -> tuple[list[tuple[int, str]], Tensor]:
         """(level, name) keys and one stacked device tensor of their values."""
         keys, values = [(0, "loss")], [event.loss.float()]
@@ -231,23 +245,19 @@ class RunWriter(Subscriber):
                 continue
             keys += [(l + 1, "surprise_norm"), (l + 1, "activation_norm")]
             values += [u.float().norm(), tr.y.detach().float().norm()]
-            layer = getattr(self._levels[l], "output_layer", None)
-            if layer is not None and tr.linear_inputs:
-                j = self._levels[l].linears.index(layer)
-                x, g = tr.linear_inputs[j].detach(), event.linear_grads[l][j]
-                W = layer.weight.detach()
+            layer = self._output_layer(event, l)
+            if layer is not None:
                 keys += [(l + 1, "dot_objective"), (l + 1, "l2_objective")]
-                values += [rules.dot_objective(W, x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])).float(),
-                           rules.l2_objective(W, x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])).float()]
+                values += [rules.dot_objective(*layer).float(), rules.l2_objective(*layer).float()]
         return keys, torch.stack(values)
 
     def _summaries(self, event: StepEvent) -> list[_Summary]:
         out = []
         for l, (tr, u) in enumerate(zip(event.traces, event.surprise)):
             kinds = [("activation", tr.y.detach()), ("surprise", u)]
-            layer = getattr(self._levels[l], "output_layer", None)
-            if layer is not None and tr.linear_inputs:
-                kinds.append(("input", tr.linear_inputs[self._levels[l].linears.index(layer)].detach()))
+            layer = self._output_layer(event, l)
+            if layer is not None:
+                kinds.append(("input", layer[1]))
             for kind, t in kinds:
                 if t is None:
                     continue
