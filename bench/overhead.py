@@ -55,7 +55,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from nlviz import CMS, LevelSpec, ModelConfig, MultiscaleConfig, Subscriber, Trainer, TrainConfig, make_task
 from nlviz.config import ConfigError
-from nlviz.store import SCHEMA, RunWriter, open_run
+from nlviz.store import SCHEMA, RunWriter, index_scalars, open_run
 from nlviz.device import describe_device, resolve_device, seed_everything
 
 
@@ -212,6 +212,7 @@ def plot_query(n: int) -> list[tuple[str, float]]:
     con.executemany("INSERT INTO scalars VALUES (?, 0, 'loss', ?)", ((i + 1, v) for i, v in enumerate(values)))
     con.executemany("INSERT INTO meta VALUES (?, ?)", [("status", '"finished"'), ("config", "{}")])
     con.execute("INSERT INTO series VALUES ('loss', 0)")
+    index_scalars(con)  # what the writer keeps up to date as it commits
     con.commit()
     con.close()
     run = open_run(directory)

@@ -27,6 +27,7 @@ from torch import Tensor
 __all__ = [
     "dot_objective",
     "l2_objective",
+    "objectives",
     "hebbian_step",
     "delta_step",
     "delta_solve",
@@ -75,6 +76,13 @@ def l2_objective(W: Tensor, x: Tensor, grad_y: Tensor) -> Tensor:
     """
     x2, u2 = _batched(W, x, grad_y)
     return 0.5 * (x2 @ W.transpose(0, 1) + u2).pow(2).sum()
+
+
+def objectives(W: Tensor, x: Tensor, grad_y: Tensor) -> tuple[Tensor, Tensor]:
+    """(dot_objective, l2_objective) of one (W, x, u), sharing the product W x (telemetry)."""
+    x2, u2 = _batched(W, x, grad_y)
+    wx = x2 @ W.transpose(0, 1)  # (B, d_out)
+    return (wx * u2).sum(), 0.5 * (wx + u2).pow(2).sum()
 
 
 def hebbian_step(W: Tensor, x: Tensor, grad_y: Tensor, lr: float) -> Tensor:

@@ -10,6 +10,10 @@ level 0 is the whole model):
                                          surprise_norm, activation_norm,
                                          dot_objective (Eq 26), l2_objective (Eq 27),
                                          update_norm
+    scalar_lod(name, level, bucket, ...) each series' minimum and maximum (with their steps)
+                                         per bucket of LOD_WIDTH steps, kept by the writer in
+                                         the same transaction: a plot of a long run is
+                                         decimated from these rows, not from every step
     level_updates(step, level)           every Eq 31 update, so the clock can be drawn exactly
     tensors(step, level, kind, ...)      per level and kind (activation y_l, surprise u_l,
                                          input of the output layer): mean, std, min, max,
@@ -24,11 +28,11 @@ waits on the store, and a reader sees a new step within about a second.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
 import platform
-import queue
 import re
 import sqlite3
 import threading
@@ -44,7 +48,7 @@ from torch import Tensor
 from . import rules
 from .trainer import DivergenceError, LevelUpdateEvent, StepEvent, Subscriber
 
-__all__ = ["RunWriter", "RunReader", "RunStoreError", "open_run", "run_directory", "STORE_NAME", "SCHEMA"]
+__all__ = ["RunWriter", "RunReader", "RunStoreError", "open_run", "run_directory", "index_scalars", "STORE_NAME", "SCHEMA"]
 
 STORE_NAME = "run.sqlite"
 HEARTBEAT_S = 1.0  # the writer refreshes its heartbeat at least this often
@@ -56,6 +60,10 @@ CREATE TABLE IF NOT EXISTS scalars (
     step INTEGER NOT NULL, level INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
     PRIMARY KEY (name, level, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS series (name TEXT NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (name, level)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scalar_lod (
+    name TEXT NOT NULL, level INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    lo_step INTEGER NOT NULL, lo REAL, hi_step INTEGER NOT NULL, hi REAL, count INTEGER NOT NULL,
+    PRIMARY KEY (name, level, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS level_updates (
     step INTEGER NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (step, level)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tensors (
@@ -64,7 +72,8 @@ CREATE TABLE IF NOT EXISTS tensors (
     hist BLOB NOT NULL, sample BLOB NOT NULL, sample_rows INTEGER NOT NULL, sample_cols INTEGER NOT NULL,
     PRIMARY KEY (step, level, kind)) WITHOUT ROWID;
 """
-TABLES = ("meta", "scalars", "series", "level_updates", "tensors")
+TABLES = ("meta", "scalars", "series", "scalar_lod", "level_updates", "tensors")
+LOD_WIDTH = 256  # steps per level-of-detail bucket: 1,000,000 steps are about 3,900 rows per series
 
 
 class RunStoreError(ValueError):
@@ -119,7 +128,8 @@ class RunWriter(Subscriber):
         self.scalars_every, self.tensors_every = scalars_every, tensors_every
         self.sample_rows, self.sample_cols, self.bins = sample_rows, sample_cols, bins
         self.resume_after = resume_after
-        self._queue: queue.Queue = queue.Queue()
+        self._items: collections.deque = collections.deque()  # appended by training, drained by the thread
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._levels: list = []
@@ -138,6 +148,8 @@ class RunWriter(Subscriber):
                 with con:
                     for table in ("scalars", "level_updates", "tensors"):
                         con.execute(f"DELETE FROM {table} WHERE step > ?", [self.resume_after])
+                    con.execute("DELETE FROM scalar_lod WHERE bucket >= ?", [self.resume_after // LOD_WIDTH])
+                    index_scalars(con, self.resume_after)
             meta = {
                 "format": 1,
                 "config": trainer.config.to_dict(),
@@ -206,7 +218,8 @@ class RunWriter(Subscriber):
             self._put(("updates", self._updates))
             self._updates = []
             done = threading.Event()
-            self._queue.put(("sync", done))
+            self._items.append(("sync", done))
+            self._wake.set()
             deadline = time.monotonic() + timeout
             while not done.wait(0.1):
                 if not self._thread.is_alive():  # it failed: close() reports why
@@ -217,7 +230,8 @@ class RunWriter(Subscriber):
     def close(self) -> None:
         """Flush everything and stop the writer thread (idempotent)."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._items.append(None)
+            self._wake.set()
             self._thread.join()
             self._thread = None
         if self._error is not None:
@@ -225,7 +239,7 @@ class RunWriter(Subscriber):
 
     def _put(self, item: tuple) -> None:
         if self._thread is not None:
-            self._queue.put(item)
+            self._items.append(item)
 
     def _output_layer(self, event: StepEvent, l: int) -> tuple[Tensor, Tensor, Tensor] | None:
         """(W, x, u) of level l's output layer at this step, as (d_out, d_in), (rows, d_in),
@@ -240,15 +254,17 @@ class RunWriter(Subscriber):
     def _scalars(self, event: StepEvent) -> tuple[list[tuple[int, str]], Tensor]:
         """(level, name) keys and one stacked device tensor of their values."""
         keys, values = [(0, "loss")], [event.loss.float()]
-        for l, (tr, u) in enumerate(zip(event.traces, event.surprise)):
-            if u is None:
-                continue
+        live = [(l, tr.y.detach(), u) for l, (tr, u) in enumerate(zip(event.traces, event.surprise)) if u is not None]
+        if live:  # two fused norm calls for all levels
+            unorm = torch._foreach_norm([u for _, _, u in live])
+            ynorm = torch._foreach_norm([y for _, y, _ in live])
+        for i, (l, _, _) in enumerate(live):
             keys += [(l + 1, "surprise_norm"), (l + 1, "activation_norm")]
-            values += [u.float().norm(), tr.y.detach().float().norm()]
+            values += [unorm[i].float(), ynorm[i].float()]
             layer = self._output_layer(event, l)
             if layer is not None:
                 keys += [(l + 1, "dot_objective"), (l + 1, "l2_objective")]
-                values += [rules.dot_objective(*layer).float(), rules.l2_objective(*layer).float()]
+                values += [v.float() for v in rules.objectives(*layer)]
         return keys, torch.stack(values)
 
     def _summaries(self, event: StepEvent) -> list[_Summary]:
@@ -280,23 +296,26 @@ class RunWriter(Subscriber):
         last = time.monotonic()
         try:
             while True:
-                try:
-                    item = self._queue.get(timeout=0.2)
-                except queue.Empty:
-                    item = ()
-                if item is None:
+                # Woken by sync and close only: items just accumulate, so recording a step
+                # never wakes this thread (a wake-up per item cost the training thread ~2 %).
+                self._wake.wait(0.25)
+                self._wake.clear()
+                stop, synced = False, []
+                while self._items:
+                    item = self._items.popleft()
+                    if item is None:
+                        stop = True
+                    elif item[0] == "sync":
+                        synced.append(item[1])
+                    else:
+                        pending.append(item)
+                if stop or synced or time.monotonic() - last >= 0.5:  # batched commits, twice a second, with a heartbeat
                     self._flush(con, pending)
+                    pending, last = [], time.monotonic()
+                    for done in synced:
+                        done.set()
+                if stop:
                     return
-                if item and item[0] == "sync":
-                    self._flush(con, pending)
-                    pending, last = [], time.monotonic()
-                    item[1].set()
-                    continue
-                if item:
-                    pending.append(item)
-                if time.monotonic() - last >= 0.5:  # batched commits, twice a second, with a heartbeat
-                    self._flush(con, pending)
-                    pending, last = [], time.monotonic()
         except BaseException as e:  # reported by close(); never kill the training thread
             self._error = e
         finally:
@@ -327,9 +346,26 @@ class RunWriter(Subscriber):
         with con:
             con.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?, ?)", scalars)
             con.executemany("INSERT OR IGNORE INTO series VALUES (?, ?)", {(n, lv) for _, lv, n, _ in scalars})
+            if scalars:
+                index_scalars(con, min(step for step, *_ in scalars))
             con.executemany("INSERT OR IGNORE INTO level_updates VALUES (?, ?)", updates)
             con.executemany("INSERT OR REPLACE INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tensors)
             con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+
+
+def index_scalars(con: sqlite3.Connection, from_step: int = 0) -> None:
+    """Recompute the level-of-detail rows of every bucket holding a step >= from_step, from
+    the raw scalars (one range read per series). The writer calls it in each commit."""
+    part = (f"SELECT c.name, c.level, c.step / {LOD_WIDTH} AS bucket, c.step, {{}}(c.value) AS v{{}} "
+            "FROM series s JOIN scalars c ON c.name = s.name AND c.level = s.level AND c.step >= :start "
+            "GROUP BY c.name, c.level, bucket")
+    # A bare column beside a single MIN or MAX comes from the row that holds it (SQLite).
+    con.execute(
+        f"INSERT OR REPLACE INTO scalar_lod SELECT lo.name, lo.level, lo.bucket, lo.step, lo.v, hi.step, hi.v, lo.n "
+        f"FROM ({part.format('MIN', ', COUNT(*) AS n')}) lo JOIN ({part.format('MAX', '')}) hi "
+        "ON lo.name = hi.name AND lo.level = hi.level AND lo.bucket = hi.bucket",
+        {"start": from_step // LOD_WIDTH * LOD_WIDTH},
+    )
 
 
 def _version() -> str:
@@ -401,17 +437,41 @@ class RunReader:
         return pd.DataFrame(rows, columns=["step", "level", "name", "value"])
 
     def _decimated(self, name: str, level: int, since: int | None, max_points: int) -> list[tuple]:
-        base = "FROM scalars WHERE name = ? AND level = ? AND step > ?"
-        args = [name, level, -1 if since is None else since]
-        lo, hi, count = self._con.execute(f"SELECT MIN(step), MAX(step), COUNT(*) {base}", args).fetchone()
-        if count <= max_points:
-            return self._con.execute(f"SELECT step, level, name, value {base} ORDER BY step", args).fetchall()
-        buckets = max(1, max_points // 2)
-        width = (hi - lo) // buckets + 1
-        # SQLite fills a bare column from the row that holds the MIN / MAX of its group.
-        sql = (f"SELECT step, level, name, MIN(value) {base} GROUP BY (step - ?) / ? UNION "
-               f"SELECT step, level, name, MAX(value) {base} GROUP BY (step - ?) / ? ORDER BY step")
-        return self._con.execute(sql, args + [lo, width] + args + [lo, width]).fetchall()
+        """At most max_points rows: each bucket's minimum and maximum, read from the
+        level-of-detail rows (and the raw rows of a partial first bucket), not every step."""
+        if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
+            raise ValueError(f"max_points: must be an integer >= 2, got {max_points!r}")
+        first = 0 if since is None else since + 1
+        edge = -(-first // LOD_WIDTH) * LOD_WIDTH  # the first bucket boundary at or after `first`
+        key = [name, level]
+        (head,) = self._con.execute(
+            "SELECT COUNT(*) FROM scalars WHERE name = ? AND level = ? AND step >= ? AND step < ?",
+            key + [first, edge]).fetchone()
+        lod = self._con.execute(
+            "SELECT lo_step, lo, hi_step, hi, count FROM scalar_lod WHERE name = ? AND level = ? AND bucket >= ? "
+            "ORDER BY bucket", key + [edge // LOD_WIDTH]).fetchall()
+        if head + sum(r[4] for r in lod) <= max_points:
+            return self._con.execute("SELECT step, level, name, value FROM scalars WHERE name = ? AND level = ? "
+                                     "AND step >= ? ORDER BY step", key + [first]).fetchall()
+        items = lod
+        if head:  # the partial first bucket, summarised like the others
+            lo = self._con.execute("SELECT step, MIN(value) FROM scalars WHERE name = ? AND level = ? AND step >= ? "
+                                   "AND step < ?", key + [first, edge]).fetchone()
+            hi = self._con.execute("SELECT step, MAX(value) FROM scalars WHERE name = ? AND level = ? AND step >= ? "
+                                   "AND step < ?", key + [first, edge]).fetchone()
+            items = [(lo[0], lo[1], hi[0], hi[1], head)] + lod
+        per = -(-len(items) // (max_points // 2))  # buckets of the answer, at most max_points // 2
+        rows = []
+        for i in range(0, len(items), per):
+            group = items[i : i + per]
+            lows = [(v, s) for s, v, *_ in group if v is not None]
+            highs = [(v, s) for _, _, s, v, _ in group if v is not None]
+            if not lows:  # every value non-finite (stored as NULL): keep one gap marker
+                rows.append((group[0][0], level, name, None))
+                continue
+            (lo_v, lo_s), (hi_v, hi_s) = min(lows), max(highs)
+            rows += [(s, level, name, v) for s, v in sorted({lo_s: lo_v, hi_s: hi_v}.items())]
+        return rows
 
     def level_updates(self, since: int | None = None):
         """DataFrame step, level of every Eq 31 update recorded so far."""

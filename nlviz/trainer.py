@@ -256,12 +256,10 @@ class Trainer:
                         s.on_level_update(ev)
 
     def _update_norms(self, g: UpdateGroup, before: list[Tensor]) -> dict[int, Tensor]:
-        old = dict(zip(map(id, g.params), before))
-        norms = {}
-        for lv, params in g.level_params.items():
-            sq = [(p.detach() - old[id(p)]).pow(2).sum() for p in params]
-            norms[lv] = torch.stack(sq).sum().sqrt()
-        return norms
+        # One fused difference and norm over the whole group, then a root-sum-square per level.
+        diffs = torch._foreach_sub([p.detach() for p in g.params], before)
+        size = dict(zip(map(id, g.params), torch._foreach_norm(diffs)))
+        return {lv: torch.stack([size[id(p)] for p in params]).norm() for lv, params in g.level_params.items()}
 
     def _track(self, t: int, vitals: Tensor, traces: list[LevelTrace]) -> None:
         """Remember, on the device, the first step whose loss or surprise was non-finite."""

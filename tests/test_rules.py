@@ -100,6 +100,9 @@ def test_objectives_equal_explicit_loops_and_sum_over_the_batch(batch, seed):
     _close(dot, torch.as_tensor(_loop_dot(W, x, u)))
     _close(l2, torch.as_tensor(_loop_l2(W, x, u)))
     _close(dot, torch.einsum("oi,bi,bo->", W, _rows(x), _rows(u)))
+    both = rules.objectives(W, x, u)  # the telemetry's shared-product form
+    _close(both[0], torch.as_tensor(_loop_dot(W, x, u)))
+    _close(both[1], torch.as_tensor(_loop_l2(W, x, u)))
     if batch is not None:  # a sum, not a mean
         _close(dot, sum(rules.dot_objective(W, xb, ub) for xb, ub in zip(x, u)))
         _close(l2, sum(rules.l2_objective(W, xb, ub) for xb, ub in zip(x, u)))

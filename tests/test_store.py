@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from nlviz import DivergenceError, LevelClock, Subscriber, Trainer, TrainConfig, rules
-from nlviz.store import SCHEMA, RunStoreError, RunWriter, open_run
+from nlviz.store import LOD_WIDTH, SCHEMA, RunStoreError, RunWriter, index_scalars, open_run
 
 from conftest import tiny_config
 
@@ -86,6 +86,7 @@ def _store_with(path, values):
     con.executemany("INSERT INTO meta VALUES (?, ?)", [("status", json.dumps("finished")), ("config", "{}")])
     con.executemany("INSERT INTO scalars VALUES (?, 0, 'loss', ?)", [(i + 1, float(v)) for i, v in enumerate(values)])
     con.execute("INSERT INTO series VALUES ('loss', 0)")
+    index_scalars(con)
     con.commit()
     con.close()
 
@@ -102,6 +103,33 @@ def test_decimation_keeps_at_most_n_points_and_every_extreme(tmp_path, max_point
     assert df.step.is_monotonic_increasing
     full = open_run(tmp_path).scalars("loss", since=19_990, max_points=max_points)
     assert full.step.tolist() == list(range(19_991, 20_001))  # few enough: every point
+
+
+@pytest.mark.parametrize("since", [None, 300, 5_017, 19_000])
+def test_decimation_from_any_step_returns_real_points_and_that_ranges_extremes(tmp_path, since):
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=20_000)
+    values[[400, 5_500, 19_500]] = [30.0, -30.0, 25.0]
+    values[7_000:7_600] = np.nan  # non-finite values are stored as NULL
+    _store_with(tmp_path / "run.sqlite", values)
+    df = open_run(tmp_path).scalars("loss", since=since, max_points=100)
+    first = 1 if since is None else since + 1
+    window = values[first - 1 :]
+    assert 0 < len(df) <= 100 and df.step.is_monotonic_increasing and df.step.min() >= first
+    finite = df.dropna()
+    np.testing.assert_array_equal(finite.value.to_numpy(), values[finite.step.to_numpy() - 1])  # real points only
+    assert finite.value.max() == np.nanmax(window) and finite.value.min() == np.nanmin(window)
+
+
+def test_the_writers_level_of_detail_rows_equal_a_rebuild_from_the_raw_rows(tmp_path):
+    trainer = Trainer(tiny_config((1, 4), steps=3 * LOD_WIDTH + 17), [RunWriter(tmp_path, scalars_every=1)])
+    trainer.run()
+    con = sqlite3.connect(tmp_path / "run.sqlite")
+    query = "SELECT * FROM scalar_lod ORDER BY name, level, bucket"
+    live = con.execute(query).fetchall()
+    con.execute("DELETE FROM scalar_lod")
+    index_scalars(con)
+    assert live == con.execute(query).fetchall() and len(live) == 4 * len({r[:2] for r in live})
 
 
 def test_a_diverged_run_keeps_its_data_and_says_where(tmp_path):
@@ -211,6 +239,11 @@ def test_kill_9_leaves_a_sound_store_that_reads_interrupted_and_resumes_without_
     assert run.scalars("loss").step.tolist() == list(range(5, 3001, 5))  # nothing missing, nothing twice
     updates = run.level_updates()
     assert not updates.duplicated().any() and len(updates) == sum(3000 // p for p in (1, 8, 64))
+    con = sqlite3.connect(out / "run.sqlite")  # the level-of-detail rows were mended too
+    kept = con.execute("SELECT * FROM scalar_lod ORDER BY name, level, bucket").fetchall()
+    con.execute("DELETE FROM scalar_lod")
+    index_scalars(con)
+    assert kept == con.execute("SELECT * FROM scalar_lod ORDER BY name, level, bucket").fetchall()
 
 
 def test_resume_refuses_what_cannot_resume_and_runs_lists_runs(tmp_path):
@@ -242,6 +275,6 @@ def test_a_failing_writer_thread_is_reported_not_swallowed(tmp_path):
     writer = RunWriter(tmp_path)
     trainer = Trainer(tiny_config(steps=10), [writer])
     trainer.step()
-    writer._queue.put(("scalars", 1, [(0, "loss")], "not a tensor"))  # makes the thread's flush fail
+    writer._put(("scalars", 1, [(0, "loss")], "not a tensor"))  # makes the thread's flush fail
     with pytest.raises(RunStoreError, match="^run store: writing .* failed"):
         writer.sync(timeout=10)
