@@ -20,6 +20,12 @@ level 0 is the whole model):
                                          norm, a histogram over [min, max], and a float16
                                          sample of a few rows by up to 64 units
 
+    memory(step, level, ...)             Eq 25-29 from data, per level's output layer W (the
+                                         level's associative memory): a few rows of x, u, W x
+                                         and ||x||^2, the block W[:r, :c], and for the whole
+                                         batch the block of sum_b u_b x_b^T (nlviz) beside the
+                                         block of autograd's gradient of W at that step
+
 The decision to know: `RunWriter` computes every summary on the training device and hands
 the tensors to a background thread, which alone reads them back to the host and commits
 in batched transactions (at least once per second, with a heartbeat). Training never
@@ -48,7 +54,7 @@ from torch import Tensor
 from . import rules
 from .trainer import DivergenceError, LevelUpdateEvent, StepEvent, Subscriber
 
-__all__ = ["RunWriter", "RunReader", "RunStoreError", "open_run", "run_directory", "index_scalars", "STORE_NAME", "SCHEMA"]
+__all__ = ["RunWriter", "RunReader", "MemoryRecord", "RunStoreError", "open_run", "run_directory", "index_scalars", "STORE_NAME", "SCHEMA"]
 
 STORE_NAME = "run.sqlite"
 HEARTBEAT_S = 1.0  # the writer refreshes its heartbeat at least this often
@@ -66,13 +72,20 @@ CREATE TABLE IF NOT EXISTS scalar_lod (
     PRIMARY KEY (name, level, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS level_updates (
     step INTEGER NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (step, level)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS memory (
+    step INTEGER NOT NULL, level INTEGER NOT NULL, batch INTEGER NOT NULL, d_out INTEGER NOT NULL, d_in INTEGER NOT NULL,
+    rows INTEGER NOT NULL, out_cols INTEGER NOT NULL, in_cols INTEGER NOT NULL,
+    x BLOB NOT NULL, u BLOB NOT NULL, wx BLOB NOT NULL, x_sq BLOB NOT NULL,
+    weight BLOB NOT NULL, outer BLOB NOT NULL, grad BLOB NOT NULL,
+    PRIMARY KEY (step, level)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS tensors (
     step INTEGER NOT NULL, level INTEGER NOT NULL, kind TEXT NOT NULL,
     mean REAL, std REAL, min REAL, max REAL, norm REAL,
     hist BLOB NOT NULL, sample BLOB NOT NULL, sample_rows INTEGER NOT NULL, sample_cols INTEGER NOT NULL,
     PRIMARY KEY (step, level, kind)) WITHOUT ROWID;
 """
-TABLES = ("meta", "scalars", "series", "scalar_lod", "level_updates", "tensors")
+TABLES = ("meta", "scalars", "series", "scalar_lod", "level_updates", "tensors", "memory")
+_MEMORY_BLOBS = ("x", "u", "wx", "x_sq", "weight", "outer", "grad")
 LOD_WIDTH = 256  # steps per level-of-detail bucket: 1,000,000 steps are about 3,900 rows per series
 
 
@@ -112,21 +125,57 @@ class _Summary:
     sample: Tensor  # (rows, cols) float16
 
 
+@dataclass
+class MemoryRecord:
+    """Level `level`'s output layer y = W x + b at one step, read as an associative memory
+    (Eq 25-29). Rows are the first `rows` examples of the batch; r = out_cols, c = in_cols
+    are the first columns kept (float32 throughout)."""
+
+    step: int
+    level: int  # from 1
+    batch: int  # B, the rows that `outer` and `grad` sum over
+    shape: tuple[int, int]  # (d_out, d_in) of the whole layer
+    x: np.ndarray  # (rows, c) the layer's input
+    u: np.ndarray  # (rows, r) its surprise u = dL/dy (the level's u_l)
+    wx: np.ndarray  # (rows, r) what W predicts for those rows, W x (no bias), over all d_in
+    x_sq: np.ndarray  # (rows,) ||x||^2 over all d_in columns
+    weight: np.ndarray  # (r, c) W[:r, :c] before this step's update
+    outer: np.ndarray  # (r, c) [sum_b u_b x_b^T][:r, :c] over the whole batch, computed by nlviz (Eq 25)
+    grad: np.ndarray  # (r, c) autograd's gradient dL/dW[:r, :c] of this step alone
+
+
+@dataclass
+class _Memory:
+    """A MemoryRecord still on the device."""
+
+    step: int
+    level: int
+    batch: int
+    shape: tuple[int, int]
+    tensors: dict[str, Tensor]
+
+
 class RunWriter(Subscriber):
     """Records a run into `directory/run.sqlite`; subscribe it to a Trainer."""
 
     def __init__(self, directory: str | os.PathLike, scalars_every: int = 10, tensors_every: int = 100,
-                 sample_rows: int = 4, sample_cols: int = 64, bins: int = 32, resume_after: int | None = None):
-        """resume_after: continue an existing store from that step (its checkpoint): records
-        of later steps are deleted first, so a resumed run has no duplicated steps."""
+                 memory_every: int = 500, sample_rows: int = 4, sample_cols: int = 64, bins: int = 32,
+                 memory_cols: int = 32, resume_after: int | None = None):
+        """memory_every: steps between MemoryRecords (a multiple of the trainer's linears_every,
+        whose steps keep the layer inputs they need). resume_after: continue an existing store
+        from that step (its checkpoint): records of later steps are deleted first, so a resumed
+        run has no duplicated steps."""
         for name, value in (("scalars_every", scalars_every), ("tensors_every", tensors_every),
-                            ("sample_rows", sample_rows), ("sample_cols", sample_cols), ("bins", bins)):
+                            ("memory_every", memory_every), ("sample_rows", sample_rows),
+                            ("sample_cols", sample_cols), ("bins", bins), ("memory_cols", memory_cols)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RunStoreError(f"{name}: must be an integer >= 1, got {value!r}")
         self.directory = Path(directory)
         self.path = self.directory / STORE_NAME
         self.scalars_every, self.tensors_every = scalars_every, tensors_every
         self.sample_rows, self.sample_cols, self.bins = sample_rows, sample_cols, bins
+        self.memory_every, self.memory_cols = memory_every, memory_cols
+        self._grad_before: tuple[int, list[Tensor | None]] | None = None  # (step, W.grad blocks) for memory records
         self.resume_after = resume_after
         self._items: collections.deque = collections.deque()  # appended by training, drained by the thread
         self._wake = threading.Event()
@@ -138,6 +187,9 @@ class RunWriter(Subscriber):
 
     # ------------------------------------------------------------------ trainer side
     def on_start(self, trainer) -> None:
+        linears = trainer.config.linears_every if trainer.config.capture else 0
+        if linears and self.memory_every % linears:  # checked before anything is written
+            raise RunStoreError(f"memory_every: must be a multiple of linears_every ({linears}), got {self.memory_every}")
         self.directory.mkdir(parents=True, exist_ok=True)
         con = _connect(self.path)
         try:
@@ -146,7 +198,7 @@ class RunWriter(Subscriber):
             now = time.time()
             if self.resume_after is not None:
                 with con:
-                    for table in ("scalars", "level_updates", "tensors"):
+                    for table in ("scalars", "level_updates", "tensors", "memory"):
                         con.execute(f"DELETE FROM {table} WHERE step > ?", [self.resume_after])
                     con.execute("DELETE FROM scalar_lod WHERE bucket >= ?", [self.resume_after // LOD_WIDTH])
                     index_scalars(con, self.resume_after)
@@ -160,7 +212,8 @@ class RunWriter(Subscriber):
                 "message": "",
                 "writer_pid": os.getpid(),
                 "heartbeat": now,
-                "cadence": {"scalars_every": self.scalars_every, "tensors_every": self.tensors_every},
+                "cadence": {"scalars_every": self.scalars_every, "tensors_every": self.tensors_every,
+                            "memory_every": self.memory_every},
             }
             if self.resume_after is not None:
                 del meta["start_time"]
@@ -192,11 +245,17 @@ class RunWriter(Subscriber):
         if t % self.tensors_every == 0 and event.surprise:
             for s in self._summaries(event):
                 self._put(("tensor", s))
+        if t % self.memory_every == 0 and event.surprise and self._grad_before and self._grad_before[0] == t - 1:
+            for m in self._memories(event, self._grad_before[1]):
+                self._put(("memory", m))
 
     def on_level_update(self, event: LevelUpdateEvent) -> None:
         self._updates.append((event.step, event.level + 1, event.update_norm))
 
     def on_step_end(self, trainer, step: int) -> None:
+        if (step + 1) % self.memory_every == 0:
+            # The next step's own gradient of W is what .grad will hold then minus this.
+            self._grad_before = (step, [self._grad_block(l) for l in range(len(self._levels))])
         # Update events go to the writer thread in batches, once per scalar period.
         if self._updates and step % self.scalars_every == 0:
             self._put(("updates", self._updates))
@@ -267,6 +326,37 @@ class RunWriter(Subscriber):
                 values += [v.float() for v in rules.objectives(*layer)]
         return keys, torch.stack(values)
 
+    def _grad_block(self, l: int) -> Tensor | None:
+        j = self._out_index[l]
+        if j is None:
+            return None
+        g = self._levels[l].linears[j].weight.grad
+        r, c = (min(self.memory_cols, n) for n in self._levels[l].linears[j].weight.shape)
+        return g[:r, :c].detach().clone() if g is not None else torch.zeros((), device=self._levels[l].linears[j].weight.device)
+
+    def _memories(self, event: StepEvent, before: list[Tensor | None]) -> list[_Memory]:
+        out = []
+        for l in range(len(self._levels)):
+            layer = self._output_layer(event, l)
+            W = self._levels[l].linears[self._out_index[l]].weight if layer is not None else None
+            if layer is None or W.grad is None or before[l] is None:
+                continue
+            _, x, u = layer  # (B, d_in), (B, d_out)
+            (d_out, d_in), rows = W.shape, min(self.sample_rows, x.shape[0])
+            r, c = min(self.memory_cols, d_out), min(self.memory_cols, d_in)
+            w = W.detach()
+            tensors = {
+                "x": x[:rows, :c],
+                "u": u[:rows, :r],
+                "wx": (x[:rows] @ w.transpose(0, 1))[:, :r],
+                "x_sq": x[:rows].pow(2).sum(1),
+                "weight": w[:r, :c],
+                "outer": rules.outer_sum(u[:, :r], x[:, :c]),  # the block of the full sum over the batch
+                "grad": W.grad[:r, :c] - before[l],
+            }
+            out.append(_Memory(event.step, l + 1, x.shape[0], (d_out, d_in), {k: v.float().clone() for k, v in tensors.items()}))
+        return out
+
     def _summaries(self, event: StepEvent) -> list[_Summary]:
         out = []
         for l, (tr, u) in enumerate(zip(event.traces, event.surprise)):
@@ -322,7 +412,7 @@ class RunWriter(Subscriber):
             con.close()
 
     def _flush(self, con: sqlite3.Connection, items: list[tuple]) -> None:
-        scalars, updates, tensors, meta = [], [], [], {"heartbeat": time.time()}
+        scalars, updates, tensors, memories, meta = [], [], [], [], {"heartbeat": time.time()}
         for item in items:
             kind = item[0]
             if kind == "scalars":
@@ -340,6 +430,11 @@ class RunWriter(Subscriber):
                 sample = s.sample.cpu().numpy()
                 tensors.append((s.step, s.level, s.kind, mean, std, lo, hi, norm,
                                 s.hist.cpu().numpy().astype(np.int32).tobytes(), sample.tobytes(), *sample.shape))
+            elif kind == "memory":
+                m: _Memory = item[1]
+                arrays = {k: v.cpu().numpy() for k, v in m.tensors.items()}
+                memories.append((m.step, m.level, m.batch, *m.shape, *arrays["x"].shape[:1], arrays["u"].shape[1],
+                                 arrays["x"].shape[1], *(arrays[k].tobytes() for k in _MEMORY_BLOBS)))
             elif kind == "status":
                 _, status, extra = item
                 meta.update(status=status, **extra)
@@ -350,6 +445,7 @@ class RunWriter(Subscriber):
                 index_scalars(con, min(step for step, *_ in scalars))
             con.executemany("INSERT OR IGNORE INTO level_updates VALUES (?, ?)", updates)
             con.executemany("INSERT OR REPLACE INTO tensors VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tensors)
+            con.executemany(f"INSERT OR REPLACE INTO memory VALUES ({', '.join('?' * 15)})", memories)
             con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
 
 
@@ -499,6 +595,26 @@ class RunReader:
             raise KeyError(f"no {kind} summary for level {level} at step {step}")
         hist, sample, rows, cols = row
         return np.frombuffer(hist, dtype=np.int32), np.frombuffer(sample, dtype=np.float16).reshape(rows, cols)
+
+    def memory_steps(self, level: int | None = None, since: int | None = None):
+        """DataFrame step, level of every MemoryRecord (Eq 25-29 data) recorded so far."""
+        import pandas as pd
+
+        rows = self._con.execute("SELECT step, level FROM memory WHERE (? IS NULL OR level = ?) AND step > ? "
+                                 "ORDER BY step, level", [level, level, -1 if since is None else since]).fetchall()
+        return pd.DataFrame(rows, columns=["step", "level"])
+
+    def memory(self, step: int, level: int) -> MemoryRecord:
+        """Level `level`'s output layer at `step`, read as an associative memory (Eq 25-29)."""
+        row = self._con.execute(f"SELECT batch, d_out, d_in, rows, out_cols, in_cols, {', '.join(_MEMORY_BLOBS)} "
+                                "FROM memory WHERE step = ? AND level = ?", [step, level]).fetchone()
+        if row is None:
+            raise KeyError(f"no memory record for level {level} at step {step}")
+        batch, d_out, d_in, rows, r, c, *blobs = row
+        shapes = {"x": (rows, c), "u": (rows, r), "wx": (rows, r), "x_sq": (rows,), "weight": (r, c),
+                  "outer": (r, c), "grad": (r, c)}
+        arrays = {k: np.frombuffer(b, dtype=np.float32).reshape(shapes[k]) for k, b in zip(_MEMORY_BLOBS, blobs)}
+        return MemoryRecord(step=step, level=level, batch=batch, shape=(d_out, d_in), **arrays)
 
     def close(self) -> None:
         self._con.close()

@@ -18,7 +18,7 @@ import torch
 from nlviz import DivergenceError, LevelClock, Subscriber, Trainer, TrainConfig, rules
 from nlviz.store import LOD_WIDTH, SCHEMA, RunStoreError, RunWriter, index_scalars, open_run
 
-from conftest import tiny_config
+from conftest import reference_step, tiny_config
 
 
 class Keep(Subscriber):
@@ -69,6 +69,45 @@ def test_round_trip_of_every_record_kind(tmp_path):
     assert hist.sum() == u.numel() and len(hist) == 32
     np.testing.assert_array_equal(sample, u[:4, :64].half().numpy())
     assert set(run.tensor_stats().kind) == {"activation", "surprise", "input"}
+
+
+@pytest.mark.parametrize("periods, memory_cols", [((1, 3), 32), ((2, 5), 4)])
+def test_memory_records_show_eq25_from_data_against_autograd(tmp_path, periods, memory_cols):
+    trainer = Trainer(tiny_config(periods, steps=20), [RunWriter(tmp_path, memory_every=5, memory_cols=memory_cols)])
+    refs = {}
+    for t in range(1, 21):
+        if t % 5 == 0:  # plain autograd on a copy, before the trainer takes step t
+            ref, loss, _, traces = reference_step(trainer)
+            Ws = [lv.fc2.weight for lv in ref.levels]
+            grads = torch.autograd.grad(loss, Ws + [tr.y for tr in traces])
+            refs[t] = [(W.detach(), gW, u, tr.linear_inputs[1].detach())
+                       for W, gW, u, tr in zip(Ws, grads[: len(Ws)], grads[len(Ws) :], traces)]
+        trainer.step()
+    trainer.end("finished")
+    run = open_run(tmp_path)
+    assert run.memory_steps().values.tolist() == [[t, l] for t in (5, 10, 15, 20) for l in (1, 2)]
+    for t, levels in refs.items():
+        for l, (W, gW, u, x) in enumerate(levels, start=1):
+            m = run.memory(t, l)
+            r, c = m.weight.shape
+            assert (r, c) == (min(memory_cols, 8), min(memory_cols, 16)) and m.shape == (8, 16) and m.batch == 4
+            # this step's own gradient, although slow levels hold a chunk's sum in .grad
+            np.testing.assert_allclose(m.grad, gW[:r, :c].numpy(), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(m.outer, m.grad, rtol=1e-5, atol=1e-7)  # Eq 25 from recorded data
+            np.testing.assert_array_equal(m.weight, W[:r, :c].numpy())
+            np.testing.assert_allclose(m.u, u[:4, :r].numpy(), rtol=1e-5, atol=1e-8)
+            np.testing.assert_allclose(m.x, x[:4, :c].numpy(), rtol=1e-6)
+            np.testing.assert_allclose(m.wx, (x[:4] @ W.T)[:, :r].numpy(), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(m.x_sq, x[:4].pow(2).sum(1).numpy(), rtol=1e-5)
+    with pytest.raises(KeyError, match="no memory record for level 1 at step 6"):
+        run.memory(6, 1)
+
+
+def test_memory_cadence_must_fit_the_linear_records(tmp_path):
+    trainer = Trainer(tiny_config(steps=4, linears_every=2), [RunWriter(tmp_path, memory_every=5)])
+    with pytest.raises(RunStoreError, match=r"^memory_every: must be a multiple of linears_every \(2\), got 5$"):
+        trainer.step()
+    assert not (tmp_path / "run.sqlite").exists()  # refused before anything was written
 
 
 def test_since_returns_only_newer_records(tmp_path):
