@@ -512,6 +512,10 @@ class RunReader:
         row = self._con.execute("SELECT MAX(step) FROM scalars").fetchone()
         return int(row[0] or 0)
 
+    def series(self) -> list[tuple[str, int]]:
+        """Every (name, level) that has scalars."""
+        return self._con.execute("SELECT name, level FROM series ORDER BY name, level").fetchall()
+
     def scalars(self, name: str | None = None, level: int | None = None, since: int | None = None,
                 max_points: int | None = None):
         """DataFrame step, level, name, value; only steps > since; at most max_points rows per
