@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS scalar_lod (
     PRIMARY KEY (name, level, bucket)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS level_updates (
     step INTEGER NOT NULL, level INTEGER NOT NULL, PRIMARY KEY (step, level)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS level_updates_by_level ON level_updates (level, step);
 CREATE TABLE IF NOT EXISTS memory (
     step INTEGER NOT NULL, level INTEGER NOT NULL, batch INTEGER NOT NULL, d_out INTEGER NOT NULL, d_in INTEGER NOT NULL,
     rows INTEGER NOT NULL, out_cols INTEGER NOT NULL, in_cols INTEGER NOT NULL,
@@ -573,13 +574,23 @@ class RunReader:
             rows += [(s, level, name, v) for s, v in sorted({lo_s: lo_v, hi_s: hi_v}.items())]
         return rows
 
-    def level_updates(self, since: int | None = None):
-        """DataFrame step, level of every Eq 31 update recorded so far."""
+    def level_updates(self, since: int | None = None, until: int | None = None, level: int | None = None,
+                      limit: int | None = None):
+        """DataFrame step, level of the Eq 31 updates recorded with since < step <= until, in
+        time order; at most `limit` rows (a plot asks for one more than it will draw)."""
         import pandas as pd
 
-        rows = self._con.execute("SELECT step, level FROM level_updates WHERE step > ? ORDER BY step, level",
-                                 [-1 if since is None else since]).fetchall()
+        rows = self._con.execute(
+            "SELECT step, level FROM level_updates WHERE step > ? AND (? IS NULL OR step <= ?) "
+            "AND (? IS NULL OR level = ?) ORDER BY step, level LIMIT ?",
+            [-1 if since is None else since, until, until, level, level, -1 if limit is None else limit]).fetchall()
         return pd.DataFrame(rows, columns=["step", "level"])
+
+    def tensor_steps(self, kind: str | None = None, level: int | None = None) -> list[int]:
+        """The steps that have tensor summaries (of that kind and level), in order."""
+        return [r[0] for r in self._con.execute(
+            "SELECT DISTINCT step FROM tensors WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR level = ?) ORDER BY step",
+            [kind, kind, level, level])]
 
     def tensor_stats(self, kind: str | None = None, level: int | None = None, since: int | None = None):
         """DataFrame step, level, kind, mean, std, min, max, norm."""

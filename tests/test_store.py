@@ -116,6 +116,11 @@ def test_since_returns_only_newer_records(tmp_path):
     run = open_run(tmp_path)
     assert run.scalars(since=14).step.min() == 15 and run.scalars("loss", since=14).step.min() == 16
     assert run.level_updates(since=18).step.min() == 19
+    assert run.level_updates(since=4, until=12, level=3).step.tolist() == [6, 9, 12]
+    assert run.level_updates(since=4, until=12).values.tolist() == [
+        [t, l + 1] for t, l in LevelClock((1, 2, 3)).updates_between(5, 12)]
+    assert len(run.level_updates(level=1, limit=7)) == 7
+    assert run.tensor_steps() == [4, 8, 12, 16, 20] and run.tensor_steps("surprise", 2) == [4, 8, 12, 16, 20]
     assert run.tensor_stats(since=12).step.min() == 16
 
 
