@@ -54,7 +54,7 @@ from torch import Tensor
 from . import rules
 from .trainer import DivergenceError, LevelUpdateEvent, StepEvent, Subscriber
 
-__all__ = ["RunWriter", "RunReader", "MemoryRecord", "RunStoreError", "open_run", "run_directory", "index_scalars", "STORE_NAME", "SCHEMA"]
+__all__ = ["RunWriter", "RunReader", "MemoryRecord", "RunInfo", "list_runs", "RunStoreError", "open_run", "run_directory", "index_scalars", "STORE_NAME", "SCHEMA"]
 
 STORE_NAME = "run.sqlite"
 HEARTBEAT_S = 1.0  # the writer refreshes its heartbeat at least this often
@@ -649,6 +649,42 @@ def run_directory(parent: str | os.PathLike, name: str) -> Path:
     if path.parent != parent:  # belt and braces: the pattern already rules this out
         raise RunStoreError(f"name: {name!r} leaves {parent}")
     return path
+
+
+@dataclass
+class RunInfo:
+    """One line of a listing of runs (`list_runs`)."""
+
+    name: str
+    path: Path
+    status: str  # a RunReader status, or "unreadable" (then `message` says why)
+    last_step: int
+    total: int | None  # the configured steps
+    task: str
+    periods: tuple[int, ...]  # C(l) of each level
+    age_s: float  # seconds since the writer was last heard from
+    message: str = ""
+
+
+def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
+    """Every run directly inside `parent` (a folder holding run.sqlite), newest first."""
+    infos = []
+    for d in (p for p in Path(parent).iterdir() if (p / STORE_NAME).is_file()):
+        try:
+            run = open_run(d)
+            try:
+                meta, status, last = run.meta, run.status, run.last_step()
+            finally:
+                run.close()
+        except (RunStoreError, sqlite3.Error, KeyError, ValueError) as e:
+            infos.append(RunInfo(d.name, d, "unreadable", 0, None, "?", (), math.inf, str(e)))
+            continue
+        config = meta.get("config", {})
+        periods = tuple(lv.get("period", 1) for lv in config.get("model", {}).get("levels", ()))
+        seen = meta.get("heartbeat", meta.get("start_time", 0.0))
+        infos.append(RunInfo(d.name, d, status, last, config.get("steps"), config.get("task", "?"), periods,
+                             time.time() - seen, meta.get("message", "")))
+    return sorted(infos, key=lambda i: i.age_s)
 
 
 def open_run(path: str | os.PathLike) -> RunReader:
