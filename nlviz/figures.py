@@ -1,0 +1,556 @@
+"""Figures: pure functions from run-store data to plotly figures (shared by the app and notebooks).
+
+Every builder takes what `nlviz.open_run(...)` accessors return (DataFrames from `scalars`,
+`level_updates`, `tensor_stats`; arrays from `tensor`; a `MemoryRecord` from `memory`) or
+plain values, and returns a `plotly.graph_objects.Figure`. Nothing here reads files, prints
+or imports streamlit.
+
+What each figure shows:
+    loss_figure              the task loss L of the whole model (store level 0) against step t
+    surprise_figure          ||u_l|| = ||dL/dy_l|| per level (Eq 25's local surprise), with each
+                             level's update ticks (Eq 31) in a strip below
+    level_clock_figure       Eq 31's clock from the recorded events: level l updates at
+                             t = C(l), 2C(l), ...
+    update_norm_figure       ||theta_after - theta_before|| of each Eq 31 update
+    objectives_figure        Eq 26 <W x, u> and Eq 27 1/2 ||W x + u||^2 (target v = -u) of a
+                             level's output layer
+    eq25_figure              Eq 25 from data: sum_b u_b x_b^T beside autograd's dL/dW
+    hebbian_vs_delta_figure  Eq 26 (Hebbian) vs Eq 27-29 (delta rule) for one recorded (x, u)
+    heatmap_figure, histogram_figure, tensor_stats_figure, compare_figure: recorded tensors
+                             and one series of two runs
+
+The decisions to know. Long runs are drawn from the series they are given: pass
+`run.scalars(..., max_points=N)` (min/max decimated by the store) and the figures draw every
+row, vectorised, with WebGL past GL_POINTS points; no builder loops over points in Python.
+Chunk shading (`add_chunk_shading`) is limited to what stays readable: alternate chunks of
+one level, the slowest with 2 to MAX_CHUNKS chunks in view, or none. The clock draws every
+event as a mark up to BAND_EVENTS per level, and past that the level as one band whose hover
+says how many events it stands for. Each level has one colour in every figure (LEVEL_COLOURS),
+and levels are numbered from 1; level 0 is the whole model. Non-finite values (stored as
+NULL) arrive as NaN and are drawn as gaps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .store import MemoryRecord
+
+__all__ = [
+    "LEVEL_COLOURS", "MODEL_COLOUR", "RULE_COLOURS", "SERIES_LABELS", "GL_POINTS", "BAND_EVENTS", "MAX_CHUNKS",
+    "NO_DATA", "level_colour", "level_label", "periods_from_config", "add_chunk_shading", "loss_figure",
+    "surprise_figure", "level_clock_figure", "update_norm_figure", "heatmap_figure", "histogram_figure",
+    "objectives_figure", "eq25_figure", "MemoryUpdates", "memory_updates", "hebbian_vs_delta_figure",
+    "compare_figure", "tensor_stats_figure",
+]
+
+# ---------------------------------------------------------------------------- one place for looks
+# Okabe-Ito, colour-blind safe, without its yellow (unreadable on white) and black (the model).
+LEVEL_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#7F7F7F")
+MODEL_COLOUR = "#333333"  # level 0: the whole model (the loss)
+RULE_COLOURS = {"before": "#9E9E9E", "hebbian": "#E69F00", "delta": "#009E73", "target": "#222222"}
+RUN_DASHES = ("solid", "dash")  # compare_figure: first run, second run
+TEMPLATE = "plotly_white"
+DIVERGING = "RdBu_r"  # RdBu with negative blue and positive red, always symmetric around 0
+GL_POINTS = 5000  # a trace with more points is drawn with WebGL (Scattergl)
+BAND_EVENTS = 5000  # a level with more update events is drawn in the clock as one band
+MAX_CHUNKS = 60  # chunk shading only for a level with at most this many chunks in view
+SHADE_OPACITY = 0.08
+NO_DATA = "no data yet"
+
+# Axis titles in words with the maths in them, one per recorded series.
+SERIES_LABELS = {
+    "loss": "loss L",
+    "surprise_norm": "||u_l|| = ||dL/dy_l||",
+    "activation_norm": "||y_l||",
+    "dot_objective": "<W x, u> (Eq 26)",
+    "l2_objective": "1/2 ||W x + u||^2 (Eq 27, v = -u)",
+    "update_norm": "||theta_after - theta_before||",
+}
+LOG_SERIES = frozenset({"loss", "surprise_norm", "update_norm"})  # positive and spanning decades
+
+
+def level_colour(level: int) -> str:
+    """The colour of level `level` (from 1) in every figure; level 0 is the whole model."""
+    return MODEL_COLOUR if level == 0 else LEVEL_COLOURS[(level - 1) % len(LEVEL_COLOURS)]
+
+
+def level_label(level: int, periods: Sequence[int] | None = None) -> str:
+    """'level 2 (C=8)', or 'level 2' when the periods are not known; level 0 is 'whole model'."""
+    if level == 0:
+        return "whole model"
+    if periods is not None and 1 <= level <= len(periods):
+        return f"level {level} (C={periods[level - 1]})"
+    return f"level {level}"
+
+
+def periods_from_config(config: dict[str, Any]) -> tuple[int, ...]:
+    """C(l) of each level, from `run.config` (the stored TrainConfig dict)."""
+    return tuple(int(lv["period"]) for lv in config["model"]["levels"])
+
+
+# ---------------------------------------------------------------------------- shared pieces
+def _empty(title: str, message: str = NO_DATA) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=16, color="#888888"), name="no-data")
+    fig.update_layout(template=TEMPLATE, title=title)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
+def _scatter_type(n: int) -> type:
+    return go.Scattergl if n > GL_POINTS else go.Scatter
+
+
+def _rgba(colour: str, alpha: float) -> str:
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _series(df: pd.DataFrame | None, name: str, level: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{level: (steps, values)} of one named scalar, sorted by step, NaN where the store had NULL."""
+    if df is None or len(df) == 0:
+        return {}
+    rows = df[df["name"] == name]
+    if level is not None:
+        rows = rows[rows["level"] == level]
+    out = {}
+    for lv, g in rows.groupby("level", sort=True):  # one group per level, never per point
+        g = g.sort_values("step", kind="stable")
+        out[int(lv)] = (g["step"].to_numpy(np.int64), pd.to_numeric(g["value"], errors="coerce").to_numpy(np.float64))
+    return out
+
+
+def _line(x: np.ndarray, y: np.ndarray, name: str, colour: str, value_label: str, mode: str = "lines",
+          group: str | None = None, **kwargs: Any) -> go.Scatter:
+    style: dict[str, Any] = dict(line=dict(color=colour, width=1.5)) if "lines" in mode else {}
+    if "markers" in mode:
+        style["marker"] = dict(color=colour, size=6)
+    style.update(kwargs)  # a caller's line or marker style wins
+    return _scatter_type(len(x))(
+        x=x, y=y, name=name, mode=mode, legendgroup=group or name, connectgaps=False,
+        hovertemplate=f"{name}<br>step %{{x}}<br>{value_label} = %{{y:.4g}}<extra></extra>", **style)
+
+
+def _symmetric(z: np.ndarray, mid: float = 0.0) -> float:
+    """Half-width of a colour range symmetric around `mid` holding every finite value."""
+    finite = np.abs(z[np.isfinite(z)] - mid)
+    m = float(finite.max()) if finite.size else 0.0
+    return m if m > 0 else 1.0  # an all-zero (or all-NaN) panel still gets a valid range
+
+
+def _add_cursor(fig: go.Figure, cursor: int | float | None) -> None:
+    """The selected step: one line over every panel (panels here share their x axis)."""
+    if cursor is not None:
+        fig.add_shape(type="line", x0=cursor, x1=cursor, xref="x", y0=0, y1=1, yref="paper", name="cursor",
+                      line=dict(color="#444444", width=1, dash="dot"))
+
+
+def _x_range(*arrays: np.ndarray) -> tuple[float, float] | None:
+    steps = [a for a in arrays if len(a)]
+    if not steps:
+        return None
+    return float(min(a.min() for a in steps)), float(max(a.max() for a in steps))
+
+
+def add_chunk_shading(fig: go.Figure, periods: Sequence[int] | None, x_range: tuple[float, float] | None,
+                      max_chunks: int = MAX_CHUNKS) -> go.Figure:
+    """Shade alternate Eq 31 chunks of one level, below the traces, and name the level.
+
+    Chunk k of a level with period C spans steps (kC, (k+1)C] and ends with its update at
+    t = (k+1)C, so rectangle edges fall on multiples of C (clipped to x_range). The level is
+    the slowest with 2..max_chunks chunks in view: one chunk has no boundary to show, and
+    more than max_chunks stripes are no longer readable. Nothing is added when none qualifies.
+    """
+    if not periods or x_range is None:
+        return fig
+    lo, hi = x_range
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return fig
+    chosen = None
+    for level in sorted(range(1, len(periods) + 1), key=lambda l: (-periods[l - 1], l)):  # slowest first
+        C = periods[level - 1]
+        first, last = math.floor(lo / C), math.ceil(hi / C)  # chunk indices k in view: first .. last - 1
+        if 2 <= last - first <= max_chunks:
+            chosen = level, C, first, last
+            break
+    if chosen is None:
+        return fig
+    level, C, first, last = chosen
+    colour = level_colour(level)
+    shapes = [dict(type="rect", xref="x", yref="paper", x0=max(k * C, lo), x1=min((k + 1) * C, hi), y0=0, y1=1,
+                   fillcolor=colour, opacity=SHADE_OPACITY, line=dict(width=0), layer="below", name="chunk")
+              for k in range(first, last) if k % 2 == 0]  # at most max_chunks / 2 shapes
+    fig.update_layout(shapes=list(fig.layout.shapes) + shapes)
+    fig.add_annotation(text=f"shaded: alternate chunks of {level_label(level, periods)}; it updates at each edge",
+                       x=0, y=1, xref="paper", yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
+                       font=dict(size=10, color=colour), name="chunk-note")
+    return fig
+
+
+def _levels(updates: pd.DataFrame | None, periods: Sequence[int] | None) -> list[int]:
+    known = set(range(1, len(periods) + 1)) if periods else set()
+    if updates is not None and len(updates):
+        known |= {int(l) for l in updates["level"].unique()}
+    return sorted(l for l in known if l >= 1)
+
+
+def _clock_traces(updates: pd.DataFrame, periods: Sequence[int] | None, size: int = 14,
+                  show_legend: bool = True, suffix: str = "") -> list[go.BaseTraceType]:
+    """One trace per level (named label + suffix, grouped with the level's other traces): a
+    mark at each update event, or one band past BAND_EVENTS events."""
+    traces: list[go.BaseTraceType] = []
+    total = len(updates)
+    for level in _levels(updates, periods):
+        steps = np.sort(updates.loc[updates["level"] == level, "step"].to_numpy(np.int64))
+        if not len(steps):
+            continue
+        label, colour = level_label(level, periods), level_colour(level)
+        C = periods[level - 1] if periods and level <= len(periods) else None
+        if len(steps) > BAND_EVENTS:
+            regular = C is not None and bool(np.all(np.diff(steps) == C))
+            every = f"every C={C} steps" if regular else "not evenly spaced"
+            text = (f"{label}: {len(steps)} updates, steps {steps[0]}..{steps[-1]}, {every}<br>"
+                    f"drawn as a band: more than {BAND_EVENTS} marks would not be readable")
+            traces.append(go.Bar(x=[max(int(steps[-1] - steps[0]), 1)], base=[int(steps[0])], y=[level],
+                                 orientation="h", width=0.5, name=label + suffix, legendgroup=label, showlegend=show_legend,
+                                 marker=dict(color=colour, opacity=0.45, line=dict(width=0)),
+                                 hovertemplate=text + "<extra></extra>"))
+            continue
+        first = np.maximum(steps - (C or 1) + 1, 1)  # the chunk whose gradients this update sums
+        hover = (f"{label} updates at t = %{{x}}<br>sums the gradients of steps %{{customdata}}..%{{x}}<extra></extra>"
+                 if C else f"{label} updates at t = %{{x}}<extra></extra>")
+        traces.append(_scatter_type(total)(
+            x=steps, y=np.full(len(steps), level), customdata=first, mode="markers", name=label + suffix,
+            legendgroup=label,
+            showlegend=show_legend, hovertemplate=hover,
+            marker=dict(symbol="line-ns-open", size=size, color=colour, line=dict(width=2, color=colour))))
+    return traces
+
+
+def _level_axis(levels: list[int], periods: Sequence[int] | None, short: bool = False) -> dict[str, Any]:
+    text = [f"level {l}" if short else level_label(l, periods) for l in levels]
+    return dict(tickmode="array", tickvals=levels, ticktext=text, range=[min(levels) - 0.6, max(levels) + 0.6],
+                zeroline=False, showgrid=False)
+
+
+def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_title: str, value_label: str,
+              updates: pd.DataFrame | None, periods: Sequence[int] | None, cursor: int | float | None,
+              log_y: bool, mode: str = "lines") -> go.Figure:
+    """Per-level series on one panel, with an update strip below when `updates` is given."""
+    has_updates = updates is not None and len(updates) > 0
+    if not any(len(x) for x, _ in series.values()) and not has_updates:
+        return _empty(title)
+    strip = updates is not None and len(_levels(updates, periods)) > 0
+    if strip:
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.82, 0.18], vertical_spacing=0.03)
+    else:
+        fig = go.Figure()
+    where = dict(row=1, col=1) if strip else {}
+    for level, (x, y) in series.items():
+        label = "loss (whole model)" if level == 0 else level_label(level, periods)
+        fig.add_trace(_line(x, y, label, level_colour(level), value_label, mode=mode,
+                            group=level_label(level, periods)), **where)
+    if strip:
+        for trace in _clock_traces(updates, periods, size=9, show_legend=False, suffix=" updates"):
+            fig.add_trace(trace, row=2, col=1)
+        fig.update_yaxes(title_text="updates", row=2, col=1, **_level_axis(_levels(updates, periods), periods, short=True))
+        fig.update_xaxes(title_text="step t", row=2, col=1)
+        fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", row=1, col=1)
+        fig.update_layout(barmode="overlay")
+    else:
+        fig.update_xaxes(title_text="step t")
+        fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
+    steps = [x for x, _ in series.values()] + ([updates["step"].to_numpy()] if has_updates else [])
+    add_chunk_shading(fig, periods, _x_range(*steps))
+    _add_cursor(fig, cursor)
+    fig.update_layout(template=TEMPLATE, title=title, legend_title_text="level", hovermode="closest")
+    return fig
+
+
+# ---------------------------------------------------------------------------- time series
+def loss_figure(scalars: pd.DataFrame | None, updates: pd.DataFrame | None = None,
+                periods: Sequence[int] | None = None, cursor: int | float | None = None,
+                log_y: bool = True) -> go.Figure:
+    """The whole model's task loss L (store level 0, name 'loss') against step t; with
+    `updates`, each level's Eq 31 update ticks below; with `periods`, chunk shading."""
+    series = _series(scalars, "loss", level=0)
+    return _timeline(series, "Task loss L of the whole model", "loss L" + (" (log scale)" if log_y else ""),
+                     "L", updates, periods, cursor, log_y)
+
+
+def surprise_figure(scalars: pd.DataFrame | None, updates: pd.DataFrame | None, periods: Sequence[int] | None,
+                    cursor: int | float | None = None) -> go.Figure:
+    """Each level's local surprise ||u_l|| = ||dL/dy_l|| (Eq 25) on a log axis, its Eq 31
+    update ticks in a strip below, chunk boundaries shaded."""
+    series = {l: s for l, s in _series(scalars, "surprise_norm").items() if l >= 1}
+    return _timeline(series, "Local surprise per level: ||u_l|| = ||dL/dy_l|| (Eq 25)",
+                     "||u_l|| = ||dL/dy_l|| (log scale)", "||u_l||", updates, periods, cursor, log_y=True)
+
+
+def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | None = None,
+                       cursor: int | float | None = None) -> go.Figure:
+    """The size ||theta_after - theta_before|| of each level's Eq 31 updates, as markers."""
+    series = {l: s for l, s in _series(scalars, "update_norm").items() if l >= 1}
+    return _timeline(series, "Update size per level: ||theta_after - theta_before|| (one mark per Eq 31 update)",
+                     "||theta_after - theta_before|| (log scale)", "||delta theta||", None, periods, cursor,
+                     log_y=True, mode="markers")
+
+
+def level_clock_figure(updates: pd.DataFrame | None, periods: Sequence[int] | None,
+                       steps: int | tuple[int, int] | None = None, cursor: int | float | None = None) -> go.Figure:
+    """Eq 31's clock as recorded: a mark at each (step, level) update event given, level 1 at
+    the bottom. A level with more than BAND_EVENTS events is one band (its hover says so).
+    steps: the x range to show, the run's length or (first, last); default the events'."""
+    title = "Level clock (Eq 31): level l updates at t = C(l), 2C(l), ..."
+    if updates is None or len(updates) == 0:
+        return _empty(title)
+    fig = go.Figure(_clock_traces(updates, periods))
+    levels = _levels(updates, periods)
+    fig.update_yaxes(title_text="level (period C)", **_level_axis(levels, periods))
+    fig.update_xaxes(title_text="step t")
+    if steps is not None:
+        lo, hi = (1, steps) if isinstance(steps, (int, np.integer)) else steps
+        fig.update_xaxes(range=[lo - 0.5, hi + 0.5])
+    _add_cursor(fig, cursor)
+    fig.update_layout(template=TEMPLATE, title=title, barmode="overlay", legend_title_text="level",
+                      height=max(300, 120 + 60 * len(levels)))
+    return fig
+
+
+def objectives_figure(scalars: pd.DataFrame | None, level: int, periods: Sequence[int] | None = None,
+                      cursor: int | float | None = None) -> go.Figure:
+    """Level `level`'s output layer read as a memory over time: Eq 26's dot objective <W x, u>
+    (top) and Eq 27's L2 objective 1/2 ||W x + u||^2 with target v = -u (bottom)."""
+    label = level_label(level, periods)
+    title = f"{label}: its output layer's Eq 26 and Eq 27 objectives (summed over the batch)"
+    dot = _series(scalars, "dot_objective", level).get(level)
+    l2 = _series(scalars, "l2_objective", level).get(level)
+    if dot is None and l2 is None:
+        return _empty(title)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=(
+        "Eq 26: dot objective <W x, u>",
+        "Eq 27: L2 objective 1/2 ||W x + u||^2, target v = -u (the printed +u is a sign slip)"))
+    colour = level_colour(level)
+    if dot is not None:
+        fig.add_trace(_line(*dot, f"{label} <W x, u>", colour, "<W x, u>", group="dot"), row=1, col=1)
+    if l2 is not None:
+        fig.add_trace(_line(*l2, f"{label} 1/2 ||W x + u||^2", colour, "1/2 ||W x + u||^2", group="l2",
+                            line=dict(color=colour, width=1.5, dash="dash")), row=2, col=1)
+    fig.update_yaxes(title_text="<W x, u>", row=1, col=1)
+    fig.update_yaxes(title_text="1/2 ||W x + u||^2", row=2, col=1)
+    fig.update_xaxes(title_text="step t", row=2, col=1)
+    _add_cursor(fig, cursor)
+    fig.update_layout(template=TEMPLATE, title=title, hovermode="closest")
+    return fig
+
+
+def compare_figure(a: pd.DataFrame | None, b: pd.DataFrame | None, name: str, labels: tuple[str, str] = ("A", "B"),
+                   level: int | None = None, cursor: int | float | None = None,
+                   periods: tuple[Sequence[int] | None, Sequence[int] | None] = (None, None)) -> go.Figure:
+    """One scalar series `name` of two runs on one figure: the level's colour, the first run
+    solid, the second dashed. level None draws every level the runs recorded."""
+    title = f"{SERIES_LABELS.get(name, name)}: {labels[0]} (solid) vs {labels[1]} (dashed)"
+    fig = go.Figure()
+    for df, run_label, dash, run_periods in zip((a, b), labels, RUN_DASHES, periods):
+        for lv, (x, y) in _series(df, name, level).items():
+            label = f"{run_label}: {'loss (whole model)' if lv == 0 else level_label(lv, run_periods)}"
+            fig.add_trace(_line(x, y, label, level_colour(lv), name, group=label,
+                                line=dict(color=level_colour(lv), width=1.5, dash=dash)))
+    if not fig.data:
+        return _empty(title)
+    fig.update_xaxes(title_text="step t")
+    fig.update_yaxes(title_text=SERIES_LABELS.get(name, name), type="log" if name in LOG_SERIES else "linear")
+    _add_cursor(fig, cursor)
+    fig.update_layout(template=TEMPLATE, title=title, hovermode="closest")
+    return fig
+
+
+def tensor_stats_figure(stats: pd.DataFrame | None, kind: str, periods: Sequence[int] | None = None,
+                        cursor: int | float | None = None) -> go.Figure:
+    """Per level, the mean +- std band and the min and max of a recorded tensor kind
+    ('activation' y_l, 'surprise' u_l, 'input' x of the output layer) over time."""
+    names = {"activation": "activation y_l", "surprise": "surprise u_l = dL/dy_l", "input": "input x of the output layer"}
+    title = f"{names.get(kind, kind)}: mean +- std (band), min and max (dotted) per level"
+    rows = stats[stats["kind"] == kind] if stats is not None and len(stats) else None
+    if rows is None or not len(rows):
+        return _empty(title)
+    fig = go.Figure()
+    for level, g in rows.groupby("level", sort=True):
+        g = g.sort_values("step", kind="stable")
+        x = g["step"].to_numpy(np.int64)
+        v = {k: pd.to_numeric(g[k], errors="coerce").to_numpy(np.float64) for k in ("mean", "std", "min", "max")}
+        label, colour, group = level_label(int(level), periods), level_colour(int(level)), f"level {level}"
+        cls = _scatter_type(len(x))
+        fig.add_trace(cls(x=x, y=v["mean"] + v["std"], mode="lines", line=dict(width=0, color=colour),
+                          legendgroup=group, showlegend=False, name=f"{label} mean + std", hoverinfo="skip"))
+        fig.add_trace(cls(x=x, y=v["mean"] - v["std"], mode="lines", line=dict(width=0, color=colour),
+                          fill="tonexty", fillcolor=_rgba(colour, 0.2), legendgroup=group, showlegend=False,
+                          name=f"{label} mean - std", hoverinfo="skip"))
+        fig.add_trace(cls(x=x, y=v["mean"], customdata=v["std"], mode="lines", line=dict(color=colour, width=1.5),
+                          legendgroup=group, name=label, connectgaps=False,
+                          hovertemplate=f"{label}<br>step %{{x}}<br>mean = %{{y:.4g}} +- %{{customdata:.3g}}<extra></extra>"))
+        for k in ("min", "max"):
+            fig.add_trace(_line(x, v[k], f"{label} {k}", colour, k, group=group, showlegend=False,
+                                line=dict(color=colour, width=1, dash="dot")))
+    fig.update_xaxes(title_text="step t")
+    fig.update_yaxes(title_text=f"{kind} value")
+    _add_cursor(fig, cursor)
+    fig.update_layout(template=TEMPLATE, title=title, legend_title_text="level", hovermode="closest")
+    return fig
+
+
+# ---------------------------------------------------------------------------- recorded tensors
+def heatmap_figure(sample: np.ndarray | None, title: str, zmid: float = 0.0) -> go.Figure:
+    """A (rows, cols) sample, e.g. `run.tensor(step, level, kind)[1]`, as a diverging heatmap
+    symmetric around zmid: rows are examples of the batch, columns units."""
+    if sample is None or np.size(sample) == 0:
+        return _empty(title)
+    z = np.asarray(sample, dtype=np.float32)  # float16 is not a plotly-friendly dtype
+    m = _symmetric(z, zmid)
+    fig = go.Figure(go.Heatmap(z=z, zmin=zmid - m, zmax=zmid + m, colorscale=DIVERGING, name=title,
+                               hovertemplate="example %{y}, unit %{x}<br>value = %{z:.4g}<extra></extra>"))
+    fig.update_xaxes(title_text="unit")
+    fig.update_yaxes(title_text="example (row of the batch)", autorange="reversed", dtick=1 if len(z) <= 16 else None)
+    fig.update_layout(template=TEMPLATE, title=title)
+    return fig
+
+
+def histogram_figure(hist: np.ndarray | None, lo: float | None, hi: float | None, title: str) -> go.Figure:
+    """The recorded fixed-bin histogram: len(hist) equal bins over [lo, hi] = [min, max]."""
+    if hist is None or len(hist) == 0:
+        return _empty(title)
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return _empty(title, "no finite range recorded (the tensor had non-finite values)")
+    counts = np.asarray(hist, dtype=np.int64)
+    n = len(counts)
+    width = (hi - lo) / n if hi > lo else 1.0 / n  # a constant tensor lands in the first bin
+    left = lo + width * np.arange(n)
+    fig = go.Figure(go.Bar(x=left + width / 2, y=counts, width=width, customdata=np.stack([left, left + width], 1),
+                           marker=dict(color="#5A7FA8", line=dict(width=0)), name=title,
+                           hovertemplate="[%{customdata[0]:.4g}, %{customdata[1]:.4g}): %{y}<extra></extra>"))
+    fig.update_xaxes(title_text=f"value ({n} bins over [min, max])")
+    fig.update_yaxes(title_text="count")
+    fig.update_layout(template=TEMPLATE, title=title, bargap=0)
+    return fig
+
+
+def _colourbar(fig: go.Figure, axis: str, name: str, span: float, panels: Sequence[int]) -> None:
+    """A horizontal colour bar under the given panels, symmetric around 0."""
+    lo = fig.layout[f"xaxis{panels[0] if panels[0] > 1 else ''}"].domain[0]
+    hi = fig.layout[f"xaxis{panels[-1] if panels[-1] > 1 else ''}"].domain[1]
+    fig.layout[axis] = dict(colorscale=DIVERGING, cmin=-span, cmax=span, colorbar=dict(
+        orientation="h", x=(lo + hi) / 2, xanchor="center", len=(hi - lo) * 0.9, y=-0.22, yanchor="top",
+        thickness=10, title=dict(text=name, side="top")))
+
+
+def eq25_figure(record: MemoryRecord | None) -> go.Figure:
+    """Eq 25 from data: the recorded input rows x and surprise rows u, the outer-product sum
+    sum_b u_b x_b^T over the batch (nlviz), autograd's dL/dW of that step, and their
+    difference, with its max |.| in the title. Outer and grad share one colour scale."""
+    title = "Eq 25 from data: dL/dW = sum_b u_b x_b^T"
+    if record is None or record.outer.size == 0:
+        return _empty(title)
+    diff = record.outer - record.grad
+    finite = np.abs(diff[np.isfinite(diff)])
+    max_diff = float(finite.max()) if finite.size else float("nan")
+    rows, (r, c) = len(record.x), record.outer.shape
+    fig = make_subplots(rows=1, cols=5, horizontal_spacing=0.045, subplot_titles=(
+        f"x: inputs ({rows} of B={record.batch} rows)", f"u = dL/dy ({rows} rows)",
+        f"sum_b u_b x_b^T (nlviz, all B={record.batch})", "dL/dW (autograd)", f"outer - grad, max |.| = {max_diff:.2e}"))
+    panels = (("x", record.x, "coloraxis"), ("u", record.u, "coloraxis2"), ("outer", record.outer, "coloraxis3"),
+              ("grad", record.grad, "coloraxis3"), ("difference", diff, "coloraxis4"))
+    for col, (name, z, axis) in enumerate(panels, start=1):
+        fig.add_trace(go.Heatmap(z=z, coloraxis=axis, name=name,
+                                 hovertemplate=f"{name}[%{{y}}, %{{x}}] = %{{z:.4g}}<extra></extra>"), row=1, col=col)
+    _colourbar(fig, "coloraxis", "x", _symmetric(record.x), [1])
+    _colourbar(fig, "coloraxis2", "u", _symmetric(record.u), [2])
+    _colourbar(fig, "coloraxis3", "sum u x^T and dL/dW (one scale)",
+               max(_symmetric(record.outer), _symmetric(record.grad)), [3, 4])
+    _colourbar(fig, "coloraxis4", "difference", _symmetric(diff), [5])
+    for col, (xt, yt) in enumerate((("input unit j", "example b"), ("output unit i", "example b"),
+                                    ("input unit j", "output unit i"), ("input unit j", "output unit i"),
+                                    ("input unit j", "output unit i")), start=1):
+        fig.update_xaxes(title_text=xt, row=1, col=col)
+        fig.update_yaxes(title_text=yt, autorange="reversed", dtick=1 if col <= 2 else None, row=1, col=col)
+    d_out, d_in = record.shape
+    fig.update_layout(template=TEMPLATE, margin=dict(b=130), title=(
+        f"{title} (level {record.level}, step {record.step}; block {r}x{c} of W's {d_out}x{d_in})"))
+    return fig
+
+
+@dataclass(frozen=True)
+class MemoryUpdates:
+    """Eq 26 vs Eq 27-29 for one recorded (x, u): blocks (r, c) of the weight changes and the
+    readouts (r,) after each; float64."""
+
+    a: float  # the delta rule's step lr / (1 + lr ||x||^2)
+    hebbian: np.ndarray  # -lr u x^T (Eq 25/26)
+    delta: np.ndarray  # -a (W x + u) x^T (Eq 28-29)
+    erase: np.ndarray  # -a (W x) x^T: the part of the delta update the Hebbian one lacks
+    readout_hebbian: np.ndarray  # W' x = W x - lr ||x||^2 u
+    readout_delta: np.ndarray  # W' x = W x - a ||x||^2 (W x + u)
+    target: np.ndarray  # -u, Eq 27's target (v = -u)
+
+
+def memory_updates(record: MemoryRecord, lr: float, row: int = 0) -> MemoryUpdates:
+    """Hebbian and delta-rule updates of row `row`'s (x, u). record.wx and record.x_sq are over
+    the whole input, so the update blocks and the readouts are exact, not truncated."""
+    if not 0 <= row < len(record.x):
+        raise ValueError(f"row: must be in 0..{len(record.x) - 1}, got {row}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"lr: must be a finite number >= 0, got {lr!r}")
+    x, u = record.x[row].astype(np.float64), record.u[row].astype(np.float64)  # (c,), (r,)
+    wx, x_sq = record.wx[row].astype(np.float64), float(record.x_sq[row])  # (r,), ||x||^2 over all d_in
+    a = lr / (1.0 + lr * x_sq)
+    return MemoryUpdates(
+        a=a, hebbian=-lr * np.outer(u, x), delta=-a * np.outer(wx + u, x), erase=-a * np.outer(wx, x),
+        readout_hebbian=wx - lr * x_sq * u, readout_delta=wx - a * x_sq * (wx + u), target=-u)
+
+
+def hebbian_vs_delta_figure(record: MemoryRecord | None, lr: float, row: int = 0) -> go.Figure:
+    """Eq 26 vs Eq 27-29 for the same (x, u): the Hebbian update -lr u x^T, the delta-rule
+    update -a (W x + u) x^T and its erase term -a (W x) x^T on one colour scale; below, what
+    the memory reads out at x after each update against the target -u."""
+    title = "Hebbian (Eq 26) vs delta rule (Eq 27-29) for one (x, u)"
+    if record is None or record.x.size == 0:
+        return _empty(title)
+    m = memory_updates(record, lr, row)
+    err_h = float(np.linalg.norm(m.readout_hebbian - m.target))
+    err_d = float(np.linalg.norm(m.readout_delta - m.target))
+    fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], row_heights=[0.55, 0.45],
+                        vertical_spacing=0.2, horizontal_spacing=0.06, subplot_titles=(
+                            "Hebbian: dW = -lr u x^T", "delta: dW = -a (W x + u) x^T", "its erase term: -a (W x) x^T",
+                            f"readout W'x after each update vs the target -u (error ||W'x + u||: "
+                            f"Hebbian {err_h:.3g}, delta {err_d:.3g})"))
+    for col, (name, z) in enumerate((("hebbian", m.hebbian), ("delta", m.delta), ("erase", m.erase)), start=1):
+        fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis", name=name,
+                                 hovertemplate=f"{name} dW[%{{y}}, %{{x}}] = %{{z:.4g}}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text="input unit j", row=1, col=col)
+        fig.update_yaxes(title_text="output unit i", autorange="reversed", row=1, col=col)
+    span = max(_symmetric(m.hebbian), _symmetric(m.delta), _symmetric(m.erase))
+    fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmin=-span, cmax=span,
+                                     colorbar=dict(len=0.5, y=1, yanchor="top", thickness=10, title="dW")))
+    units = np.arange(len(m.target))
+    for key, name, y in (("before", "W x (before)", record.wx[row].astype(np.float64)),
+                         ("hebbian", "Hebbian: W x - lr ||x||^2 u", m.readout_hebbian),
+                         ("delta", "delta: W x - a ||x||^2 (W x + u)", m.readout_delta),
+                         ("target", "target -u", m.target)):
+        fig.add_trace(go.Bar(x=units, y=y, name=name, marker=dict(color=RULE_COLOURS[key]),
+                             hovertemplate=f"{name}<br>unit %{{x}}: %{{y:.4g}}<extra></extra>"), row=2, col=1)
+    fig.update_xaxes(title_text="output unit i", row=2, col=1)
+    fig.update_yaxes(title_text="readout at x", row=2, col=1)
+    fig.update_layout(template=TEMPLATE, barmode="group", legend=dict(orientation="h", y=-0.12), title=(
+        f"{title}: level {record.level}, step {record.step}, row {row}; lr = {lr:.3g}, ||x||^2 = "
+        f"{float(record.x_sq[row]):.3g}, a = lr / (1 + lr ||x||^2) = {m.a:.3g}"))
+    return fig

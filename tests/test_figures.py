@@ -1,0 +1,414 @@
+"""Figures against the data they draw: tiny real runs recorded once per module, then every
+builder checked trace by trace (x and y equal the store's columns, clock marks equal the
+level clock, shading on multiples of the period, Eq 25's difference panel, the Hebbian and
+delta updates against nlviz.rules), plus empty, NaN and long inputs."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from nlviz import LevelClock, RunWriter, Trainer, open_run, rules
+from nlviz.figures import (BAND_EVENTS, GL_POINTS, MAX_CHUNKS, NO_DATA, add_chunk_shading, compare_figure,
+                           eq25_figure, heatmap_figure, hebbian_vs_delta_figure, histogram_figure, level_clock_figure,
+                           level_colour, loss_figure, memory_updates, objectives_figure, periods_from_config,
+                           surprise_figure, tensor_stats_figure, update_norm_figure)
+from nlviz.store import MemoryRecord
+
+from conftest import tiny_config
+
+PERIODS = (1, 2, 3)
+STEPS = 30
+
+
+def _record(directory, periods, steps):
+    Trainer(tiny_config(periods, steps=steps), [RunWriter(directory, scalars_every=1, tensors_every=5, memory_every=5)]).run()
+    return open_run(directory)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    reader = _record(tmp_path_factory.mktemp("cms"), PERIODS, STEPS)
+    yield reader
+    reader.close()
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    reader = _record(tmp_path_factory.mktemp("one-level"), (1,), 20)
+    yield reader
+    reader.close()
+
+
+def _trace(fig: go.Figure, name: str):
+    (found,) = [t for t in fig.data if t.name == name]
+    return found
+
+
+def _rows(df: pd.DataFrame, name: str, level: int) -> pd.DataFrame:
+    return df[(df.name == name) & (df.level == level)].sort_values("step")
+
+
+def _marks(fig: go.Figure) -> list[tuple[int, int]]:
+    """Every (step, level) clock mark of a figure, with repeats."""
+    return sorted((int(x), int(y)) for t in fig.data if getattr(t, "mode", None) == "markers" and t.hovertemplate
+                  and "updates at t" in t.hovertemplate for x, y in zip(t.x, t.y))
+
+
+def _shapes(fig: go.Figure, name: str) -> list:
+    return [s for s in fig.layout.shapes if s.name == name]
+
+
+def _no_data(fig: go.Figure) -> bool:
+    return not fig.data and any(a.text == NO_DATA for a in fig.layout.annotations)
+
+
+def _expected_clock(periods, steps) -> list[tuple[int, int]]:
+    return sorted((t, l + 1) for t, l in LevelClock(periods).updates_between(1, steps))
+
+
+def test_periods_from_the_stored_config(run):
+    assert periods_from_config(run.config) == PERIODS
+
+
+def test_loss_figure_draws_the_recorded_loss_with_update_strip_shading_and_cursor(run):
+    scalars, updates = run.scalars(), run.level_updates()
+    fig = loss_figure(scalars, updates, PERIODS, cursor=12)
+    loss = _rows(scalars, "loss", 0)
+    trace = _trace(fig, "loss (whole model)")
+    np.testing.assert_array_equal(trace.x, loss.step.to_numpy())
+    np.testing.assert_array_equal(trace.y, loss.value.to_numpy())
+    assert len(loss) == STEPS and fig.layout.yaxis.type == "log"
+    assert _marks(fig) == sorted(map(tuple, updates.values.tolist())) == _expected_clock(PERIODS, STEPS)
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [12]
+    # the same shading as add_chunk_shading over the data's steps
+    ref = add_chunk_shading(go.Figure(), PERIODS, (1, STEPS))
+    assert [(s.x0, s.x1) for s in _shapes(fig, "chunk")] == [(s.x0, s.x1) for s in _shapes(ref, "chunk")] != []
+
+
+def test_surprise_figure_per_level_with_update_ticks(run):
+    scalars, updates = run.scalars(), run.level_updates()
+    fig = surprise_figure(scalars, updates, PERIODS, cursor=7)
+    for level in (1, 2, 3):
+        rows = _rows(scalars, "surprise_norm", level)
+        trace = _trace(fig, f"level {level} (C={PERIODS[level - 1]})")
+        assert len(rows) == STEPS
+        np.testing.assert_array_equal(trace.x, rows.step.to_numpy())
+        np.testing.assert_array_equal(trace.y, rows.value.to_numpy())
+        assert trace.line.color == level_colour(level)
+    assert fig.layout.yaxis.type == "log"
+    assert _marks(fig) == _expected_clock(PERIODS, STEPS)
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [7]
+
+
+def test_level_clock_draws_exactly_the_recorded_events(run):
+    updates = run.level_updates()
+    fig = level_clock_figure(updates, PERIODS, steps=STEPS, cursor=5)
+    assert _marks(fig) == sorted(map(tuple, updates.values.tolist())) == _expected_clock(PERIODS, STEPS)
+    for level in (1, 2, 3):  # each level's marks in its own colour, chunk starts in the hover data
+        trace = _trace(fig, f"level {level} (C={PERIODS[level - 1]})")
+        assert trace.marker.color == level_colour(level)
+        np.testing.assert_array_equal(np.asarray(trace.customdata), np.maximum(np.asarray(trace.x) - PERIODS[level - 1] + 1, 1))
+    assert list(fig.layout.yaxis.ticktext) == ["level 1 (C=1)", "level 2 (C=2)", "level 3 (C=3)"]
+    assert tuple(fig.layout.xaxis.range) == (0.5, STEPS + 0.5)
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [5]
+    # a partial (live) record draws just what it has
+    part = level_clock_figure(updates[updates.step <= 10], PERIODS)
+    assert _marks(part) == _expected_clock(PERIODS, 10)
+
+
+def test_level_clock_draws_a_busy_level_as_a_band_and_says_so():
+    n = BAND_EVENTS + 1000
+    updates = pd.DataFrame({"step": np.r_[np.arange(1, n + 1), np.arange(100, n + 1, 100)],
+                            "level": np.r_[np.ones(n, int), np.full(n // 100, 2)]})
+    fig = level_clock_figure(updates, (1, 100))
+    band = _trace(fig, "level 1 (C=1)")
+    assert isinstance(band, go.Bar) and band.base == (1,) and band.x == (n - 1,) and band.y == (1,)
+    assert f"{n} updates" in band.hovertemplate and "every C=1 steps" in band.hovertemplate
+    assert _marks(fig) == [(t, 2) for t in range(100, n + 1, 100)]
+    assert isinstance(_trace(fig, "level 2 (C=100)"), go.Scattergl)  # over GL_POINTS events in all
+    gappy = level_clock_figure(updates.drop(index=10), (1, 100))
+    assert "not evenly spaced" in _trace(gappy, "level 1 (C=1)").hovertemplate
+
+
+@pytest.mark.parametrize("periods, x_range, level", [
+    ((1, 2, 3), (1, 30), 3),  # the slowest level, 10 chunks
+    ((1, 8, 64), (1, 30), 2),  # level 3 has one chunk in view, no boundary: level 2 is shaded
+    ((4, 16), (200, 1000), 2),  # a window that does not start at 0
+])
+def test_chunk_shading_falls_on_multiples_of_the_chosen_period(periods, x_range, level):
+    fig = add_chunk_shading(go.Figure(), periods, x_range)
+    shapes, C = _shapes(fig, "chunk"), periods[level - 1]
+    lo, hi = x_range
+    assert shapes and all(s.fillcolor == level_colour(level) and s.layer == "below" for s in shapes)
+    for s in shapes:
+        assert lo <= s.x0 < s.x1 <= hi
+        assert all(edge % C == 0 or edge in (lo, hi) for edge in (s.x0, s.x1))
+        assert s.x1 - s.x0 <= C
+    starts = [s.x0 for s in shapes]
+    assert all(b - a == 2 * C for a, b in zip(starts[1:], starts[2:]))  # alternate chunks
+    chunks = -(-hi // C) - lo // C
+    assert len(shapes) == (chunks + 1) // 2 <= MAX_CHUNKS // 2
+    assert f"level {level} (C={C})" in fig.layout.annotations[0].text
+
+
+def test_no_chunk_shading_when_no_level_stays_readable():
+    fig = add_chunk_shading(go.Figure(), (1, 8, 64), (1, 100_000))  # level 3: 1563 chunks
+    assert not fig.layout.shapes and not fig.layout.annotations
+    assert not add_chunk_shading(go.Figure(), (1, 8), (5, 5)).layout.shapes
+    assert not add_chunk_shading(go.Figure(), None, (1, 30)).layout.shapes
+
+
+def test_update_norm_figure_marks_each_measured_update(run):
+    scalars = run.scalars()
+    fig = update_norm_figure(scalars, PERIODS, cursor=3)
+    for level in (1, 2, 3):
+        rows = _rows(scalars, "update_norm", level)
+        trace = _trace(fig, f"level {level} (C={PERIODS[level - 1]})")
+        assert trace.mode == "markers" and trace.marker.color == level_colour(level)
+        np.testing.assert_array_equal(trace.x, rows.step.to_numpy())
+        np.testing.assert_array_equal(trace.y, rows.value.to_numpy())
+        assert rows.step.tolist() == list(range(PERIODS[level - 1], STEPS + 1, PERIODS[level - 1]))
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [3]
+
+
+def test_heatmap_of_a_recorded_sample_is_symmetric_around_zero(run):
+    _, sample = run.tensor(10, 2, "activation")
+    fig = heatmap_figure(sample, "y_2 at step 10")
+    z = np.asarray(fig.data[0].z)
+    np.testing.assert_array_equal(z, sample.astype(np.float32))
+    m = float(np.abs(sample.astype(np.float32)).max())
+    assert fig.data[0].zmax == pytest.approx(m) and fig.data[0].zmin == pytest.approx(-m) and m > 0
+
+
+def test_histogram_bins_cover_min_to_max(run):
+    hist, _ = run.tensor(15, 1, "surprise")
+    row = run.tensor_stats(kind="surprise", level=1).set_index("step").loc[15]
+    fig = histogram_figure(hist, row["min"], row["max"], "u_1 at step 15")
+    bar = fig.data[0]
+    np.testing.assert_array_equal(bar.y, hist)
+    width = (row["max"] - row["min"]) / len(hist)
+    np.testing.assert_allclose(bar.x, row["min"] + width * (np.arange(len(hist)) + 0.5))
+    assert bar.width == pytest.approx(width) and bar.customdata[-1][1] == pytest.approx(row["max"])
+
+
+def test_objectives_figure_shows_eq26_and_eq27_of_one_level(run):
+    scalars = run.scalars()
+    fig = objectives_figure(scalars, 2, PERIODS, cursor=4)
+    for i, name in enumerate(("dot_objective", "l2_objective")):
+        rows = _rows(scalars, name, 2)
+        assert len(rows) == STEPS
+        np.testing.assert_array_equal(fig.data[i].x, rows.step.to_numpy())
+        np.testing.assert_array_equal(fig.data[i].y, rows.value.to_numpy())
+    titles = [a.text for a in fig.layout.annotations]
+    assert any("Eq 27" in t and "target v = -u (the printed +u is a sign slip)" in t for t in titles)
+    assert any("Eq 26" in t and "<W x, u>" in t for t in titles)
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [4]
+
+
+def test_eq25_figure_difference_panel_is_outer_minus_grad_and_tiny(run):
+    steps = run.memory_steps()
+    assert len(steps) == 6 * len(PERIODS)
+    for step, level in steps.values.tolist():
+        record = run.memory(step, level)
+        fig = eq25_figure(record)
+        panels = {t.name: np.asarray(t.z) for t in fig.data}
+        np.testing.assert_array_equal(panels["difference"], record.outer - record.grad)
+        np.testing.assert_array_equal(panels["outer"], record.outer)
+        np.testing.assert_array_equal(panels["grad"], record.grad)
+        np.testing.assert_array_equal(panels["x"], record.x)
+        np.testing.assert_array_equal(panels["u"], record.u)
+        (title,) = [a.text for a in fig.layout.annotations if "max |.|" in a.text]
+        shown = float(re.search(r"max \|\.\| = (\S+)", title).group(1))
+        exact = float(np.abs(record.outer - record.grad).max())
+        assert shown == pytest.approx(exact, rel=0.01, abs=1e-30) and shown < 1e-5
+        # outer and grad share one symmetric colour scale holding both
+        shared = {t.coloraxis for t in fig.data if t.name in ("outer", "grad")}
+        assert shared == {"coloraxis3"}
+        axis = fig.layout.coloraxis3
+        assert axis.cmin == -axis.cmax and axis.cmax >= max(np.abs(record.outer).max(), np.abs(record.grad).max())
+
+
+def _full_record(W: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> MemoryRecord:
+    """A MemoryRecord whose block is the whole of a small W."""
+    return MemoryRecord(step=1, level=1, batch=len(x), shape=tuple(W.shape), x=x.numpy(), u=u.numpy(),
+                        wx=(x @ W.T).numpy(), x_sq=x.pow(2).sum(1).numpy(), weight=W.numpy(),
+                        outer=rules.outer_sum(u, x).numpy(), grad=rules.outer_sum(u, x).numpy())
+
+
+def _check_against_rules(record: MemoryRecord, W: torch.Tensor, lr: float, row: int) -> None:
+    x, u = torch.from_numpy(record.x[row].copy()), torch.from_numpy(record.u[row].copy())
+    m = memory_updates(record, lr, row)
+    heb, delta = rules.hebbian_step(W, x, u, lr), rules.delta_step(W, x, u, lr)
+    erase = rules.delta_step(W, x, torch.zeros_like(u), lr)  # the delta rule with nothing to write
+    tol = dict(rtol=1e-5, atol=1e-6 * max(1.0, lr))
+    np.testing.assert_allclose(m.hebbian, (heb - W).numpy(), **tol)
+    np.testing.assert_allclose(m.delta, (delta - W).numpy(), **tol)
+    np.testing.assert_allclose(m.erase, (erase - W).numpy(), **tol)
+    np.testing.assert_allclose(m.readout_hebbian, (heb @ x).numpy(), **tol)
+    np.testing.assert_allclose(m.readout_delta, (delta @ x).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(m.target, -record.u[row])
+    assert m.a == pytest.approx(lr / (1 + lr * float(x.double().pow(2).sum())), rel=1e-6)
+
+
+@pytest.mark.parametrize("lr", [0.05, 3.0])
+@pytest.mark.parametrize("row", [0, 1])
+def test_memory_updates_agree_with_the_rules_on_a_full_matrix(lr, row):
+    g = torch.Generator().manual_seed(row)
+    W, x, u = (torch.randn(shape, generator=g) for shape in ((3, 5), (2, 5), (2, 3)))
+    _check_against_rules(_full_record(W, x, u), W, lr, row)
+
+
+def test_memory_updates_agree_with_the_rules_on_a_recorded_layer(run):
+    record = run.memory(20, 3)
+    assert record.weight.shape == record.shape  # the tiny layer is kept whole
+    _check_against_rules(record, torch.from_numpy(record.weight.copy()), 0.05, 1)
+
+
+def test_a_huge_step_makes_the_delta_readout_the_target_and_the_hebbian_one_overshoot():
+    g = torch.Generator().manual_seed(3)
+    W, x, u = (torch.randn(shape, generator=g) for shape in ((4, 6), (1, 6), (1, 4)))
+    m = memory_updates(_full_record(W, x, u), 1e9)
+    np.testing.assert_allclose(m.readout_delta, m.target, atol=1e-6)
+    assert np.abs(m.readout_hebbian - m.target).max() > 1e6
+    small = memory_updates(_full_record(W, x, u), 1e-3)
+    assert np.abs(small.readout_delta - small.target).max() > 0.1  # a small step does not reach it
+
+
+def test_memory_updates_name_a_bad_argument(run):
+    with pytest.raises(ValueError, match=r"^row: must be in 0\.\.3, got 4$"):
+        memory_updates(run.memory(5, 1), 0.1, row=4)
+    with pytest.raises(ValueError, match=r"^lr: must be a finite number >= 0"):
+        memory_updates(run.memory(5, 1), -1.0)
+
+
+def test_hebbian_vs_delta_figure_draws_the_helper_s_numbers(run):
+    record = run.memory(15, 2)
+    fig = hebbian_vs_delta_figure(record, 0.5, row=2)
+    m = memory_updates(record, 0.5, row=2)
+    for name in ("hebbian", "delta", "erase"):
+        trace = _trace(fig, name)
+        np.testing.assert_array_equal(np.asarray(trace.z), getattr(m, name))
+        assert trace.coloraxis == "coloraxis"
+    np.testing.assert_array_equal(_trace(fig, "W x (before)").y, record.wx[2])
+    np.testing.assert_array_equal(_trace(fig, "Hebbian: W x - lr ||x||^2 u").y, m.readout_hebbian)
+    np.testing.assert_array_equal(_trace(fig, "delta: W x - a ||x||^2 (W x + u)").y, m.readout_delta)
+    np.testing.assert_array_equal(_trace(fig, "target -u").y, -record.u[2])
+    assert f"a = lr / (1 + lr ||x||^2) = {m.a:.3g}" in fig.layout.title.text
+
+
+def test_compare_figure_draws_one_series_of_two_runs(run, single):
+    a, b = run.scalars(), single.scalars()
+    fig = compare_figure(a, b, "loss", labels=("CMS", "one level"), cursor=9)
+    assert [t.name for t in fig.data] == ["CMS: loss (whole model)", "one level: loss (whole model)"]
+    for trace, df, dash in zip(fig.data, (a, b), ("solid", "dash")):
+        rows = _rows(df, "loss", 0)
+        np.testing.assert_array_equal(trace.x, rows.step.to_numpy())
+        np.testing.assert_array_equal(trace.y, rows.value.to_numpy())
+        assert trace.line.dash == dash
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [9]
+    every = compare_figure(a, b, "surprise_norm", periods=(PERIODS, (1,)))
+    assert [t.name for t in every.data] == ["A: level 1 (C=1)", "A: level 2 (C=2)", "A: level 3 (C=3)", "B: level 1 (C=1)"]
+    one = compare_figure(a, b, "surprise_norm", level=2)
+    assert [t.name for t in one.data] == ["A: level 2"]  # the one-level run has no level 2
+
+
+def test_tensor_stats_figure_band_and_extremes(run):
+    stats = run.tensor_stats()
+    fig = tensor_stats_figure(stats, "surprise", PERIODS, cursor=10)
+    for level in (1, 2, 3):
+        rows = stats[(stats.kind == "surprise") & (stats.level == level)].sort_values("step")
+        label = f"level {level} (C={PERIODS[level - 1]})"
+        assert rows.step.tolist() == [5, 10, 15, 20, 25, 30]
+        np.testing.assert_array_equal(_trace(fig, label).x, rows.step.to_numpy())
+        np.testing.assert_array_equal(_trace(fig, label).y, rows["mean"].to_numpy())
+        np.testing.assert_array_equal(_trace(fig, f"{label} mean + std").y, rows["mean"] + rows["std"])
+        np.testing.assert_array_equal(_trace(fig, f"{label} mean - std").y, rows["mean"] - rows["std"])
+        np.testing.assert_array_equal(_trace(fig, f"{label} min").y, rows["min"].to_numpy())
+        np.testing.assert_array_equal(_trace(fig, f"{label} max").y, rows["max"].to_numpy())
+        assert _trace(fig, label).line.color == level_colour(level)
+    assert [s.x0 for s in _shapes(fig, "cursor")] == [10]
+
+
+def test_one_colour_per_level_in_every_figure(run):
+    scalars, updates, stats = run.scalars(), run.level_updates(), run.tensor_stats()
+    colours = {level_colour(l) for l in range(0, 9)}
+    assert len(colours) == 9  # the whole model and eight levels are told apart
+    for level in (1, 2, 3):
+        label = f"level {level} (C={PERIODS[level - 1]})"
+        seen = {
+            _trace(surprise_figure(scalars, None, PERIODS), label).line.color,
+            _trace(update_norm_figure(scalars, PERIODS), label).marker.color,
+            _trace(level_clock_figure(updates, PERIODS), label).marker.color,
+            _trace(tensor_stats_figure(stats, "activation", PERIODS), label).line.color,
+        }
+        assert seen == {level_colour(level)}
+
+
+EMPTY_SCALARS = pd.DataFrame(columns=["step", "level", "name", "value"])
+EMPTY_UPDATES = pd.DataFrame(columns=["step", "level"])
+EMPTY_STATS = pd.DataFrame(columns=["step", "level", "kind", "mean", "std", "min", "max", "norm"])
+
+
+@pytest.mark.parametrize("empty", [None, "frames"])
+def test_empty_inputs_say_no_data_yet(empty):
+    s, u, t = (None, None, None) if empty is None else (EMPTY_SCALARS, EMPTY_UPDATES, EMPTY_STATS)
+    figs = [loss_figure(s, u, PERIODS, cursor=3), surprise_figure(s, u, PERIODS, cursor=3),
+            level_clock_figure(u, PERIODS, cursor=3), update_norm_figure(s, PERIODS), objectives_figure(s, 1),
+            compare_figure(s, s, "loss"), tensor_stats_figure(t, "surprise"), heatmap_figure(None, "x"),
+            heatmap_figure(np.zeros((0, 4), np.float16), "x"), histogram_figure(np.array([], np.int32), 0, 1, "h"),
+            eq25_figure(None), hebbian_vs_delta_figure(None, 0.1)]
+    for fig in figs:
+        assert _no_data(fig), fig.layout.title.text
+        fig.to_json()
+
+
+def test_a_live_run_with_updates_but_no_scalars_yet_draws_the_strip(run):
+    updates = run.level_updates()
+    fig = surprise_figure(EMPTY_SCALARS, updates[updates.step <= 4], PERIODS)
+    assert _marks(fig) == _expected_clock(PERIODS, 4) and not _no_data(fig)
+
+
+def test_nan_and_null_values_are_drawn_as_gaps():
+    steps = np.arange(1, 11)
+    values = [0.5, None, 0.4, float("nan"), 0.3, 0.2, None, 0.2, 0.1, float("inf")]
+    rows = [(t, 0, "loss", v) for t, v in zip(steps, values)]
+    rows += [(t, l, n, v) for l in (1, 2) for n in ("surprise_norm", "update_norm", "dot_objective", "l2_objective")
+             for t, v in zip(steps, values)]
+    scalars = pd.DataFrame(rows, columns=["step", "level", "name", "value"])
+    expected = np.array([np.nan if v is None else v for v in values], dtype=float)
+    figs = [loss_figure(scalars, None, (1, 2)), surprise_figure(scalars, None, (1, 2)),
+            update_norm_figure(scalars, (1, 2)), objectives_figure(scalars, 2), compare_figure(scalars, scalars, "loss")]
+    for fig in figs:
+        np.testing.assert_array_equal(fig.data[0].y, expected)  # NaN stays NaN: a gap, never a zero
+        assert fig.data[0].connectgaps is False
+        fig.to_json()
+    all_null = pd.DataFrame([(1, 0, "loss", None), (2, 0, "loss", None)], columns=["step", "level", "name", "value"])
+    assert np.isnan(loss_figure(all_null).data[0].y).all()  # an object column of None
+    stats = pd.DataFrame([(5, 1, "surprise", None, None, None, None, None), (10, 1, "surprise", 0.1, 0.2, -1.0, 1.0, 3.0)],
+                         columns=EMPTY_STATS.columns)
+    fig = tensor_stats_figure(stats, "surprise")
+    assert np.isnan(_trace(fig, "level 1").y[0]) and _trace(fig, "level 1").y[1] == 0.1
+    heat = heatmap_figure(np.array([[np.nan, 1.0], [-2.0, 0.5]], np.float16), "nan")
+    assert heat.data[0].zmax == 2.0 and heat.data[0].zmin == -2.0
+    assert histogram_figure(np.ones(32, np.int32), None, None, "h").layout.annotations[0].text.startswith("no finite range")
+    for fig in (heat, *figs):
+        fig.to_json()
+
+
+def test_a_long_series_is_drawn_with_webgl_and_without_dropping_points():
+    n = GL_POINTS + 1
+    steps = np.arange(1, n + 1)
+    scalars = pd.DataFrame({"step": steps, "level": 0, "name": "loss", "value": np.linspace(2.0, 0.1, n)})
+    fig = loss_figure(scalars, None, (1, 64, 4096))
+    assert isinstance(fig.data[0], go.Scattergl)
+    np.testing.assert_array_equal(fig.data[0].x, steps)
+    assert {s.fillcolor for s in _shapes(fig, "chunk")} == {level_colour(3)}  # 2 chunks of C=4096 in view
+    short = loss_figure(scalars.iloc[:100])
+    assert isinstance(short.data[0], go.Scatter) and not isinstance(short.data[0], go.Scattergl)
+
