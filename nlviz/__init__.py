@@ -22,6 +22,7 @@ from .config import (
     TrainConfig,
 )
 from .device import resolve_device, seed_everything
+from .live import LiveRun, RunBusyError, RunRegistry
 from .optim import DGD, build_update_groups
 from .rules import delta_step, dot_objective, hebbian_step, l2_objective
 from .store import RunReader, RunStoreError, RunWriter, open_run
@@ -65,6 +66,9 @@ __all__ = [
     "RunReader",
     "RunStoreError",
     "open_run",
+    "LiveRun",
+    "RunRegistry",
+    "RunBusyError",
     "Trainer",
     "Subscriber",
     "StepEvent",

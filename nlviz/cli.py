@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -213,6 +212,7 @@ def _check_out(out: Path) -> None:
 def _prepare(a: argparse.Namespace):
     """Validate everything before any work: (config, out, checkpoint to resume or None, cadences)."""
     from .device import resolve_device
+    from .rundir import CHECKPOINT_NAME
     from .store import RunStoreError, open_run
 
     if a.resume is not None:
@@ -227,7 +227,7 @@ def _prepare(a: argparse.Namespace):
             raise ConfigError(f"--resume: {out} is {status}; only an interrupted, failed or diverged run resumes")
         config = TrainConfig.from_dict(meta["config"])
         resolve_device(config.device)
-        checkpoint = out / "checkpoint.pt"
+        checkpoint = out / CHECKPOINT_NAME
         cadence = meta.get("cadence", {})
         return config, out, (checkpoint if checkpoint.exists() else None), cadence.get("scalars_every", 10), \
             cadence.get("tensors_every", 100)
@@ -251,10 +251,9 @@ def _train(a: argparse.Namespace) -> int:
     except ConfigError as e:
         return _fail(str(e))
 
-    import torch
-
+    from .rundir import CHECKPOINT_NAME, SUMMARY_NAME, Checkpointer, write_summary
     from .store import RunWriter
-    from .trainer import DivergenceError, Subscriber, Trainer
+    from .trainer import DivergenceError, Trainer
 
     resuming = a.resume is not None
     if checkpoint is not None:
@@ -264,16 +263,8 @@ def _train(a: argparse.Namespace) -> int:
     writer = RunWriter(out, scalars_every=scalars_every, tensors_every=tensors_every,
                        resume_after=trainer.clock.t if resuming else None)
 
-    class Checkpointer(Subscriber):
-        def __init__(self, every: int):
-            self.every = every
-
-        def on_step_end(self, trainer, step) -> None:  # after the update: a whole step
-            if self.every and step % self.every == 0:
-                writer.sync()  # every record up to this step is in the store before the checkpoint
-                trainer.save_checkpoint(out / "checkpoint.pt")
-
-    trainer.subscribers += [writer, Checkpointer(a.checkpoint_every)]
+    checkpointer = Checkpointer(writer, a.checkpoint_every)
+    trainer.subscribers += [writer, checkpointer]
 
     def stop_after_this_step(signum, frame) -> None:
         # The first Ctrl-C finishes the current step, so the checkpoint is consistent;
@@ -289,19 +280,17 @@ def _train(a: argparse.Namespace) -> int:
     verb = f"resuming at step {trainer.clock.t}" if resuming else "starting"
     print(f"nlviz: {verb}: {config.task} on {trainer.device_name}, levels with periods {levels}, "
           f"{config.steps} steps -> {out}", file=sys.stderr)
-    summary: dict[str, Any] = {"config": config.to_dict(), "device": trainer.device_name, "torch": torch.__version__}
     start, status, code, whole_step, first = time.time(), "finished", 0, True, trainer.clock.t
+    result, error = None, None
     try:
         result = trainer.run(progress=not a.no_progress)
-        summary.update(final_loss=result.final_loss, metrics=result.metrics)
         if result.status == "stopped":
             status, code = "interrupted", 130
             trainer.end(status)
             print(f"nlviz: interrupted after step {trainer.clock.t}; continue with "
                   f"python -m nlviz train --resume {out}", file=sys.stderr)
     except DivergenceError as e:
-        status, code = "diverged", 1
-        summary.update(error=str(e), diverged_step=e.step, diverged_level=e.level)
+        status, code, error = "diverged", 1, e
         print(f"nlviz: error: {e}", file=sys.stderr)
     except KeyboardInterrupt:  # a second Ctrl-C, inside a step: that step is incomplete
         status, code, whole_step = "interrupted", 130, False
@@ -311,20 +300,15 @@ def _train(a: argparse.Namespace) -> int:
             signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     seconds = time.time() - start
     if status != "diverged" and whole_step:
-        trainer.save_checkpoint(out / "checkpoint.pt")
-    updates = [trainer.clock.t // p for p in config.model.periods]
+        checkpointer.save(trainer)
+    summary = write_summary(out, trainer, status, seconds=seconds, first_step=first, result=result, error=error)
     done = trainer.clock.t - first
-    summary.update(status=status, steps_done=trainer.clock.t, seconds=round(seconds, 3),
-                   steps_per_second=round(done / max(seconds, 1e-9), 1), level_updates=updates)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "summary.json")
     if status == "finished":
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in summary["metrics"].items())
         print(f"nlviz: {status}: {done} steps in {seconds:.1f} s "
               f"({summary['steps_per_second']:.0f} steps/s); final loss {result.final_loss:.4g}; {metrics}",
               file=sys.stderr)
-        print(f"nlviz: wrote {out / 'run.sqlite'}, {out / 'checkpoint.pt'} and {out / 'summary.json'}",
+        print(f"nlviz: wrote {out / 'run.sqlite'}, {out / CHECKPOINT_NAME} and {out / SUMMARY_NAME}",
               file=sys.stderr)
     return code
 
