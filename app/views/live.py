@@ -1,0 +1,101 @@
+"""Live run: configure, start, pause and step a CMS run, and watch each level (Eq 25-27, 31)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import common
+from nlviz.config import ConfigError
+from nlviz.store import RunStoreError
+
+st.title("Live run")
+st.caption(
+    "Each level of a Continuum Memory System updates on its own clock (Eq 31) from its own "
+    "surprise u_l = dL/dy_l (Eq 25). Start a run, pause it, step it one optimizer step at a "
+    "time, or jump to the next update of a slow level, and watch what every level does."
+)
+
+run = common.live_run(st.query_params.get("run"))
+
+with st.expander("Configure a new run", expanded=run is None):
+    config, problem = common.config_form("live")
+    if problem:
+        st.error(problem)
+
+
+def act(action: str) -> None:
+    """Button callbacks run before the page is drawn again, so every control shows the new state."""
+    current = common.live_run(st.query_params.get("run"))
+    try:
+        if action == "start" and current is not None and current.state == "paused":
+            current.start()
+        elif action == "start":
+            if config is None:
+                raise ConfigError(problem)
+            new = common.registry().create(config, **common.WRITER_OPTIONS)
+            new.start()
+            st.query_params["run"] = new.name
+        elif action == "pause":
+            current.pause()
+        elif action in ("step", "step_to_update"):
+            if action == "step":
+                current.step(1)
+            else:
+                current.step_to_update(int(st.session_state.target_level))
+            try:  # short steps are done before the page is drawn; long ones show as running
+                current.wait(timeout=3.0)
+            except TimeoutError:
+                pass
+        elif action == "stop":
+            current.stop()
+    except (ConfigError, RunStoreError, ValueError) as e:  # RunBusyError is a ValueError
+        st.session_state.live_error = str(e)
+
+
+state = run.state if run is not None else None
+stepping = state in ("ready", "paused")
+cols = st.columns([1, 1, 1, 2, 2, 1], vertical_alignment="bottom")
+cols[0].button("Start", type="primary", key="start", on_click=act, args=("start",),
+               disabled=state == "running" or (config is None and state != "paused"),
+               help="Start a new run with the settings above, or continue the paused one")
+cols[1].button("Pause", key="pause", on_click=act, args=("pause",), disabled=state != "running")
+cols[2].button("Step", key="step", on_click=act, args=("step",), disabled=not stepping,
+               help="One optimizer step, then pause")
+periods = common.periods(run)
+cols[3].selectbox("Level", range(1, len(periods) + 1), key="target_level",
+                  format_func=lambda l: f"level {l} (C={periods[l - 1]})")
+cols[4].button("Step to next update of level", key="step_to_update", on_click=act, args=("step_to_update",),
+               disabled=not stepping, help="Run until the chosen level's chunk ends and it updates (Eq 31)")
+cols[5].button("Stop", key="stop", on_click=act, args=("stop",), disabled=state not in ("ready", "running", "paused"))
+
+if "live_error" in st.session_state:
+    st.error(st.session_state.pop("live_error"))
+
+if run is None:
+    st.info("No run yet: press **Start** to train the default 3-level CMS (periods 1, 8, 64) on the "
+            f"multi-timescale task, on {common.default_device()}.")
+    st.stop()
+
+live = state == "running"
+
+
+@st.fragment(run_every=common.REFRESH_S if live else None)
+def panels() -> None:
+    now = run.state
+    top = st.columns([1, 1, 2, 3], vertical_alignment="bottom")
+    top[0].metric("Step", run.step_count)
+    top[1].metric("State", now)
+    top[2].metric("Device", run.device)
+    top[3].progress(min(run.step_count / run.total, 1.0), text=f"{run.name}: {run.step_count} of {run.total} steps")
+    if run.error:
+        st.error(run.error)
+    try:
+        with common.reading(run.directory) as reader:
+            common.run_panels(reader, periods, key="live")
+    except RunStoreError as e:
+        st.warning(f"The run store is not readable yet: {e}")
+    if live and now != "running":
+        st.rerun()  # the run paused or ended: draw the controls again once, and stop polling
+
+
+panels()

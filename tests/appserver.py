@@ -1,0 +1,83 @@
+"""Start the dashboard on a free local port and drive it with Debian's chromium (Playwright).
+
+Shared by the browser test and bench/dashboard.py. Chromium comes from Debian
+(`apt-get install chromium`, which .ci/run does); Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+# Without the networking flags chromium keeps trying to reach the outside world, which this
+# machine refuses; --no-sandbox because tests run as root.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_app(runs_dir: Path, log: Path) -> Iterator[str]:
+    """`streamlit run app/streamlit_app.py` on 127.0.0.1:<free port>; yields its URL."""
+    port = free_port()
+    env = dict(os.environ, NLVIZ_RUNS=str(runs_dir))
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app/streamlit_app.py", "--server.headless", "true",
+             "--server.port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the dashboard did not start; its log:\n{log.read_text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def launch(playwright):
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+# The largest step drawn in the loss chart (plotly keeps each graph's data on its element).
+LAST_PLOTTED_STEP = """() => {
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    const title = (gd.layout && gd.layout.title && gd.layout.title.text) || '';
+    if (!title.toLowerCase().includes('loss')) continue;
+    let last = 0;
+    for (const trace of gd._fullData || []) {
+      if (!trace.x || !String(trace.name).includes('loss')) continue;
+      for (const v of Array.from(trace.x)) if (typeof v === 'number' && v > last) last = v;
+    }
+    return last;
+  }
+  return 0;
+}"""
