@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Iterator
 
 import streamlit as st
+import torch
 
 from nlviz import open_run
 from nlviz.live import LiveRun, RunRegistry
 from nlviz.store import RunInfo, RunReader, RunStoreError, list_runs
+
+# CPU runs train in this server's process: one intra-op thread leaves the other cores to the
+# server and the browser. At the dashboard's model sizes one thread is also as fast, and on a
+# busy two-core machine two threads were 20x slower (each waits spinning for the other).
+torch.set_num_threads(1)
 
 PLOT_POINTS = 1000  # points per series a plot asks for; the store decimates, keeping extremes
 CLOCK_EVENTS = 5000  # events per level drawn one by one; a level with more is drawn as a band
@@ -109,8 +115,6 @@ def default_device() -> str:
 
 
 def devices() -> list[str]:
-    import torch
-
     found = ["auto", "cpu"]
     if torch.cuda.is_available():
         found.append("cuda")

@@ -172,6 +172,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every N steps, so --resume loses little (0 = only at the end; default 500)")
     t.add_argument("--scalars-every", type=int, default=10, help="record scalars every N steps (default 10)")
     t.add_argument("--tensors-every", type=int, default=100, help="record tensor summaries every N steps (default 100)")
+    t.add_argument("--memory-every", type=int, default=500,
+                   help="record each level's output layer as an Eq 25-29 memory every N steps, a multiple of 10 "
+                        "(default 500)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write the run's scalars and histograms as TensorBoard events in DIR/tensorboard")
+    t.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for torch (0 = torch's default; 1 is often fastest for small models)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     r = sub.add_parser("runs", help="list the runs in a directory", description="List runs: status, steps, age.")
     r.add_argument("parent", metavar="PARENT", help="a directory holding run directories")
@@ -228,43 +235,63 @@ def _prepare(a: argparse.Namespace):
         config = TrainConfig.from_dict(meta["config"])
         resolve_device(config.device)
         checkpoint = out / CHECKPOINT_NAME
-        cadence = meta.get("cadence", {})
-        return config, out, (checkpoint if checkpoint.exists() else None), cadence.get("scalars_every", 10), \
-            cadence.get("tensors_every", 100)
+        cadence = {k: v for k, v in meta.get("cadence", {}).items() if k in _CADENCES}
+        return config, out, (checkpoint if checkpoint.exists() else None), cadence
     if a.out is None:
         raise ConfigError("--out: give a new run directory (or --resume DIR to continue a run)")
     config = config_from_args(a)
     resolve_device(config.device)
-    for option, value in (("--scalars-every", a.scalars_every), ("--tensors-every", a.tensors_every)):
+    cadence = {name: getattr(a, name) for name in _CADENCES}
+    for name, value in cadence.items():
         if value < 1:
-            raise ConfigError(f"{option}: must be an integer >= 1, got {value}")
+            raise ConfigError(f"--{name.replace('_', '-')}: must be an integer >= 1, got {value}")
+    if cadence["memory_every"] % config.linears_every:  # memory records need the linear layers' records
+        raise ConfigError(f"--memory-every: must be a multiple of {config.linears_every} (the steps that keep each "
+                          f"layer's input), got {cadence['memory_every']}")
     out = Path(a.out)
     _check_out(out)
-    return config, out, None, a.scalars_every, a.tensors_every
+    return config, out, None, cadence
+
+
+_CADENCES = ("scalars_every", "tensors_every", "memory_every")  # RunWriter options the CLI sets
 
 
 def _train(a: argparse.Namespace) -> int:
     try:
         if a.checkpoint_every < 0:
             raise ConfigError(f"--checkpoint-every: must be an integer >= 0, got {a.checkpoint_every}")
-        config, out, checkpoint, scalars_every, tensors_every = _prepare(a)
-    except ConfigError as e:
+        if a.threads < 0:
+            raise ConfigError(f"--threads: must be an integer >= 0, got {a.threads}")
+        config, out, checkpoint, cadence = _prepare(a)
+        if a.tensorboard:
+            from .mirror import TensorBoardMirror  # refuses at once when tensorboard is missing
+
+            TensorBoardMirror(out)
+    except (ConfigError, ImportError) as e:
         return _fail(str(e))
 
     from .rundir import CHECKPOINT_NAME, SUMMARY_NAME, Checkpointer, write_summary
     from .store import RunWriter
     from .trainer import DivergenceError, Trainer
 
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     resuming = a.resume is not None
     if checkpoint is not None:
         trainer = Trainer.from_checkpoint(checkpoint)
     else:
         trainer = Trainer(config)
-    writer = RunWriter(out, scalars_every=scalars_every, tensors_every=tensors_every,
-                       resume_after=trainer.clock.t if resuming else None)
+    writer = RunWriter(out, **cadence, resume_after=trainer.clock.t if resuming else None)
 
     checkpointer = Checkpointer(writer, a.checkpoint_every)
     trainer.subscribers += [writer, checkpointer]
+    if a.tensorboard:
+        from .mirror import TensorBoardMirror
+
+        # After the writer, which it tails; a resumed run replaces the events after its checkpoint.
+        trainer.subscribers.append(TensorBoardMirror(out, resume_after=trainer.clock.t if resuming else None))
 
     def stop_after_this_step(signum, frame) -> None:
         # The first Ctrl-C finishes the current step, so the checkpoint is consistent;

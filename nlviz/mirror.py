@@ -37,8 +37,12 @@ def _summary_writer_class() -> type:
 class _Copier:
     """Copies what a run store holds, past what it copied before, into a SummaryWriter."""
 
-    def __init__(self, run: RunReader, logdir: Path):
-        self.run, self.tb = run, _summary_writer_class()(log_dir=str(logdir))
+    def __init__(self, run: RunReader, logdir: Path, after: int | None = None):
+        """after: copy only later steps, and have TensorBoard drop the events it holds past
+        that step (a resumed run records them again)."""
+        purge = None if after is None else after + 1
+        self.run, self.tb = run, _summary_writer_class()(log_dir=str(logdir), purge_step=purge)
+        self.after = after
         self.scalars_done: dict[tuple[str, int], int] = {}  # (name, level) -> last step copied
         self.tensors_done: dict[tuple[int, str], int] = {}  # (level, kind) -> last step copied
 
@@ -47,17 +51,17 @@ class _Copier:
         # (update sizes arrive in batches).
         for name, level in self.run.series():
             key = (name, level)
-            rows = self.run.scalars(name, level, since=self.scalars_done.get(key))
+            rows = self.run.scalars(name, level, since=self.scalars_done.get(key, self.after))
             tag = name if level == 0 else f"level_{level}/{name}"
             for step, value in zip(rows.step.tolist(), rows.value.tolist()):
                 if value == value:  # NaN: a non-finite value, stored as NULL
                     self.tb.add_scalar(tag, value, step)
             if len(rows):
                 self.scalars_done[key] = int(rows.step.iloc[-1])
-        stats = self.run.tensor_stats(since=min(self.tensors_done.values(), default=None))
+        stats = self.run.tensor_stats(since=min(self.tensors_done.values(), default=self.after))
         for row in stats.itertuples(index=False):
             key = (row.level, row.kind)
-            if row.step <= self.tensors_done.get(key, -1) or row.min != row.min or row.max != row.max:
+            if row.step <= self.tensors_done.get(key, -1 if self.after is None else self.after) or row.min != row.min or row.max != row.max:
                 continue
             hist, _ = self.run.tensor(row.step, row.level, row.kind)
             n = int(hist.sum())
@@ -87,9 +91,12 @@ def mirror_run(run_dir: str | os.PathLike, logdir: str | os.PathLike) -> Path:
 class TensorBoardMirror(Subscriber):
     """Mirrors a run store into TensorBoard while it trains; subscribe it after the RunWriter."""
 
-    def __init__(self, run_dir: str | os.PathLike, logdir: str | os.PathLike | None = None, every: float = 1.0):
-        """logdir: where the events go (default run_dir/tensorboard); every: seconds between copies."""
+    def __init__(self, run_dir: str | os.PathLike, logdir: str | os.PathLike | None = None, every: float = 1.0,
+                 resume_after: int | None = None):
+        """logdir: where the events go (default run_dir/tensorboard); every: seconds between
+        copies; resume_after: the step a resumed run continues from (as for RunWriter)."""
         _summary_writer_class()  # fail at construction, not mid-run, when tensorboard is missing
+        self.resume_after = resume_after
         self.run_dir = Path(run_dir)
         self.logdir = Path(logdir) if logdir is not None else self.run_dir / "tensorboard"
         self.every = every
@@ -99,7 +106,7 @@ class TensorBoardMirror(Subscriber):
         self._error: BaseException | None = None
 
     def on_start(self, trainer) -> None:
-        self._copier = _Copier(open_run(self.run_dir), self.logdir)  # the RunWriter made the store already
+        self._copier = _Copier(open_run(self.run_dir), self.logdir, self.resume_after)  # the RunWriter made the store
         self._thread = threading.Thread(target=self._follow, name="nlviz-tensorboard", daemon=True)
         self._thread.start()
 

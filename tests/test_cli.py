@@ -24,6 +24,10 @@ BAD_ARGS = [
     (["--device", "tpu"], "--device"),
     (["--task-option", "dim=0"], "--task-option dim"),
     (["--task-option", "colour=red"], "--task-option"),
+    (["--memory-every", "15"], "--memory-every"),
+    (["--memory-every", "0"], "--memory-every"),
+    (["--scalars-every", "0"], "--scalars-every"),
+    (["--threads", "-1"], "--threads"),
 ]
 
 

@@ -50,3 +50,29 @@ def test_a_recorded_run_mirrors_afterwards(tmp_path):
     Trainer(tiny_config((1, 2), steps=20), [RunWriter(tmp_path / "run", scalars_every=1, tensors_every=5)]).run()
     logdir = mirror_run(tmp_path / "run", tmp_path / "tb")
     _assert_same_as_store(_events(logdir), open_run(tmp_path / "run"))
+
+
+def test_a_resumed_run_replaces_the_events_after_its_checkpoint(tmp_path):
+    first = Trainer(tiny_config((1, 2), steps=20))
+    first.subscribers += [RunWriter(tmp_path, scalars_every=1, tensors_every=5), TensorBoardMirror(tmp_path, every=0.05)]
+    first.run(steps=10)
+    first.save_checkpoint(tmp_path / "ck.pt")
+    first.run(steps=5)  # steps 11-15 reach the store and TensorBoard, then the process "dies"
+    first.end("interrupted")
+    again = Trainer.from_checkpoint(tmp_path / "ck.pt")
+    again.subscribers += [RunWriter(tmp_path, scalars_every=1, tensors_every=5, resume_after=10),
+                          TensorBoardMirror(tmp_path, every=0.05, resume_after=10)]
+    again.run()
+    acc = _events(tmp_path / "tensorboard")
+    assert [e.step for e in acc.Scalars("loss")] == list(range(1, 21))  # each step once
+    _assert_same_as_store(acc, open_run(tmp_path))
+
+
+def test_the_command_line_mirrors_with_tensorboard(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "nlviz", "train", "--steps", "30", "--no-progress", "--device", "cpu",
+                    "--scalars-every", "5", "--tensors-every", "10", "--tensorboard", "--out", str(out)], check=True)
+    _assert_same_as_store(_events(out / "tensorboard"), open_run(out))
