@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench clean
+.PHONY: install chromium demo test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,17 +16,24 @@ $(VENV)/.installed: requirements.txt pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
-# The main job: a CLI training run on the default task (the dashboard replaces it later).
+# The main job: the dashboard, on http://127.0.0.1:8501 (this machine only: .streamlit/config.toml).
 demo: install
-	$(BIN)/python -m nlviz train --task multiscale --levels 1,8,64 --steps 3000 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/python -m streamlit run app/streamlit_app.py
+
+# Debian's chromium drives the browser test (Playwright never downloads a browser here).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "the browser test needs Debian's chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
 # Every test.
-test: install
+test: install chromium
 	$(BIN)/python -m pytest
 
-# Overhead benchmarks: prints `name: ratio` lines.
-bench: install
+# Benchmarks: overhead ratios (`name: ratio` lines), then the dashboard's latency and responsiveness.
+bench: install chromium
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache runs

@@ -193,7 +193,7 @@ def config_form(key: str):
 
 
 def run_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None,
-               series: bool = True, heatmaps: bool = True) -> None:
+               series: bool = True, heatmaps: bool = True, choose_step: bool = False) -> None:
     """The time panels of one run: loss, surprise per level with update ticks, the level clock,
     update sizes, and heatmaps of a level's activations and surprise at a recorded step."""
     from nlviz import figures
@@ -216,8 +216,10 @@ def run_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: in
     level = pick[0].selectbox("Heatmaps of level", range(1, len(periods) + 1), key=f"{key}_heat_level",
                               format_func=lambda l: f"level {l} (C={periods[l - 1]})")
     at = max((s for s in steps if cursor is None or s <= cursor), default=steps[0])
-    pick[1].markdown(f"Activations y_l and surprise u_l of level {level} at step **{at}** "
-                     f"(first {4} examples by up to 64 units; the nearest record at or before the selected step)")
+    if choose_step and len(steps) > 1:  # a paused or ended run: any recorded step
+        at = pick[1].select_slider("Heatmaps at step", steps, value=at, key=f"{key}_heat_step")
+    st.caption(f"Activations y_l and surprise u_l of level {level} at step {at}: the first 4 examples of the batch "
+               "(rows) by up to 64 units (columns); the nearest record at or before the selected step.")
     a, b = st.columns(2)
     for col, kind, title in ((a, "activation", "activations y_l"), (b, "surprise", "surprise u_l = dL/dy_l")):
         try:

@@ -169,3 +169,19 @@ def test_runs_page_opens_at_the_state_in_its_url(runs):
     at.run()
     at.switch_page("views/runs.py").run()
     assert at.slider(key="runs_step").value == 17 and at.selectbox(key="runs_run").value == "cms"
+
+
+def test_a_diverged_run_shows_where_and_why_and_keeps_its_data(runs):
+    from test_trainer import _PoisonedTask
+
+    from nlviz import DivergenceError
+
+    cfg = tiny_config((1, 2), steps=20, norm=False)
+    trainer = Trainer(cfg, [RunWriter(runs / "bad", scalars_every=1)], task=_PoisonedTask(cfg.task_options, "cpu", 0))
+    with pytest.raises(DivergenceError):
+        trainer.run()
+    at = _app("runs")
+    assert not at.exception
+    (error,) = at.error
+    assert error.value.startswith("This run diverged: loss became non-finite at step 5")
+    assert at.slider(key="runs_step").max == 5 and len(at.get("plotly_chart")) >= 4  # its data up to there

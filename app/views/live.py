@@ -91,7 +91,7 @@ def panels() -> None:
         st.error(run.error)
     try:
         with common.reading(run.directory) as reader:
-            common.run_panels(reader, periods, key="live")
+            common.run_panels(reader, periods, key="live", choose_step=now != "running")
     except RunStoreError as e:
         st.warning(f"The run store is not readable yet: {e}")
     if live and now != "running":
