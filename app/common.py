@@ -21,11 +21,6 @@ from nlviz import open_run
 from nlviz.live import LiveRun, RunRegistry
 from nlviz.store import RunInfo, RunReader, RunStoreError, list_runs
 
-# CPU runs train in this server's process: one intra-op thread leaves the other cores to the
-# server and the browser. At the dashboard's model sizes one thread is also as fast, and on a
-# busy two-core machine two threads were 20x slower (each waits spinning for the other).
-torch.set_num_threads(1)
-
 PLOT_POINTS = 1000  # points per series a plot asks for; the store decimates, keeping extremes
 CLOCK_EVENTS = 5000  # events per level drawn one by one; a level with more is drawn as a band
 REFRESH_S = 0.5  # how often live panels re-read the store (the writer commits twice a second)

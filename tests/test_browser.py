@@ -22,6 +22,10 @@ def test_start_a_run_and_watch_it_live(tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.goto(f"{url}/live")
+            # Long enough to be still running when Pause is clicked below: 3000 steps (the
+            # default) can end first on a fast machine, or while the charts render on a slow one.
+            page.get_by_label("Steps").fill("100000")
+            page.keyboard.press("Enter")
             start = page.get_by_role("button", name="Start", exact=True)
             expect(start).to_be_enabled(timeout=60_000)
             start.click()

@@ -1,16 +1,22 @@
-"""The dashboard's worker: runs train in their own thread, pause and step exactly, stop
-resumably, refuse a busy device, and record everything in the store like the CLI does."""
+"""The dashboard's worker: runs train in their own process, pause and step exactly, stop
+resumably, refuse a busy device, and record everything in the store like the CLI does.
+
+An injected task travels to the training process by pickle, so its class lives at the top
+level of a test module (the child imports it from there: it inherits the parent's sys.path)."""
 
 from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +24,10 @@ import torch
 from nlviz import LevelClock, Trainer, open_run
 from nlviz.live import LiveRun, RunBusyError, RunRegistry
 from nlviz.store import RunStoreError, run_directory
+from nlviz.tasks import MultiscaleTask
 
 from conftest import tiny_config
+from test_trainer import _PoisonedTask
 
 LONG = 10**6  # steps of a run that is still running whenever a test looks
 TIMEOUT = 120  # seconds; generous, the test machine is small and shared
@@ -43,17 +51,22 @@ def _updates(df):
     return [tuple(r) for r in df[["step", "level"]].values.tolist()]
 
 
+def _gone(pid):
+    """The process has exited (a zombie waiting for a parent that does not reap counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_a_started_run_finishes_and_the_store_has_every_step(registry):
     periods = (1, 2, 3)
     run = registry.create(tiny_config(periods, steps=40), scalars_every=1, tensors_every=10, sample_rows=2)
-    assert run.state == "ready" and run.step_count == 0 and run.total == 40 and run.device.startswith("cpu")
-    weights = weakref.ref(next(run._trainer.model.levels[0].parameters()))
+    assert run.state == "ready" and run.step_count == 0 and run.total == 40 and run.device == "cpu (1 thread)"
     run.start()
     assert run.wait("finished", timeout=TIMEOUT) == "finished"
     assert run.step_count == 40 and run.error == ""
-    run._thread.join(TIMEOUT)
-    gc.collect()
-    assert not run._thread.is_alive() and weights() is None  # an ended run frees its model (device memory)
+    assert run._process.exitcode == 0  # an ended run's process has exited: its model (device memory) is free
     store = open_run(run.directory)
     assert store.status == "finished" and store.last_step() == 40
     assert store.scalars("loss").step.tolist() == list(range(1, 41))
@@ -105,13 +118,13 @@ def test_step_to_update_lands_on_the_levels_next_update(registry, level, first):
 
 def test_stop_records_interrupted_and_the_checkpoint_resumes_from_the_command_line(registry):
     config = tiny_config((1, 2), steps=40)
-    run = registry.create(config, scalars_every=1)
+    # The reference below trains here: as many threads as here give the same bits.
+    run = registry.create(config, scalars_every=1, threads=torch.get_num_threads())
     run.step(17)
     run.wait("paused", timeout=TIMEOUT)
     run.stop()
     assert run.state == "stopped" and run.step_count == 17 and run.error == ""
-    run._thread.join(TIMEOUT)
-    assert not run._thread.is_alive()
+    assert run._process.exitcode == 0
     store = open_run(run.directory)
     assert store.status == "interrupted" and store.meta["message"] == "stopped by the user at step 17"
     summary = json.loads((run.directory / "summary.json").read_text())
@@ -179,9 +192,14 @@ def test_per_device_allows_that_many_runs_at_once(tmp_path):
         registry.stop_all()
 
 
-def test_a_diverged_run_says_where_and_keeps_its_data(registry):
-    from test_trainer import _PoisonedTask
+class _BrokenTask(MultiscaleTask):
+    def batch(self, t, batch_size):
+        if t == 4:
+            raise RuntimeError("no batch at step 4\nsecond line")
+        return super().batch(t, batch_size)
 
+
+def test_a_diverged_run_says_where_and_keeps_its_data(registry):
     config = tiny_config((1, 2), steps=20, norm=False)
     run = registry.create(config, scalars_every=1, task=_PoisonedTask(config.task_options, "cpu", 0))
     run.start()
@@ -196,16 +214,8 @@ def test_a_diverged_run_says_where_and_keeps_its_data(registry):
 
 
 def test_an_error_in_training_ends_the_run_failed_and_is_not_raised(registry):
-    from nlviz.tasks import MultiscaleTask
-
-    class Broken(MultiscaleTask):
-        def batch(self, t, batch_size):
-            if t == 4:
-                raise RuntimeError("no batch at step 4\nsecond line")
-            return super().batch(t, batch_size)
-
     config = tiny_config(steps=20)
-    run = registry.create(config, scalars_every=1, task=Broken(config.task_options, "cpu", 0))
+    run = registry.create(config, scalars_every=1, task=_BrokenTask(config.task_options, "cpu", 0))
     run.start()
     assert run.wait(("finished", "failed"), timeout=TIMEOUT) == "failed"
     assert run.error == "RuntimeError: no batch at step 4" and run.step_count == 4  # the clock ticked first
@@ -258,7 +268,10 @@ def test_commands_that_make_no_sense_raise_value_errors_saying_what_is_allowed(r
         registry.create(tiny_config(), name="bad-cadence", scalars_every=0)
     with pytest.raises(ValueError, match="^checkpoint_every: "):
         registry.create(tiny_config(), name="bad-checkpoints", checkpoint_every=-1)
-    assert not (registry.parent / "bad-cadence").exists() and not (registry.parent / "bad-checkpoints").exists()
+    with pytest.raises(ValueError, match=r"^threads: must be an integer >= 1 \(or None for the default\), got 0$"):
+        registry.create(tiny_config(), name="bad-threads", threads=0)
+    for bad in ("bad-cadence", "bad-checkpoints", "bad-threads"):
+        assert not (registry.parent / bad).exists()
     with pytest.raises(ValueError, match="^config: must be a TrainConfig, got dict$"):
         registry.create(tiny_config().to_dict())
     with pytest.raises(ValueError, match="^per_device: must be an integer >= 1, got 0$"):
@@ -302,3 +315,121 @@ def test_runs_belong_to_the_registry_not_to_their_callers(registry):
     other = registry.create(tiny_config(steps=5))  # created within the same second: a name of its own
     assert other.name != name and [r.name for r in registry.runs()] == [other.name, name]
     assert registry.get("no-such-run") is None
+
+
+class _UnbuildableTask(MultiscaleTask):
+    def __setstate__(self, state):
+        raise RuntimeError("this task cannot be rebuilt in the training process")
+
+
+def test_what_building_the_run_raises_is_raised_by_create_and_nothing_is_written(registry):
+    config = tiny_config()
+    with pytest.raises(RuntimeError, match="^this task cannot be rebuilt in the training process$"):
+        registry.create(config, name="unbuildable", task=_UnbuildableTask(config.task_options, "cpu", 0))
+
+    class Local(MultiscaleTask):  # a class inside a function cannot travel by pickle
+        pass
+
+    with pytest.raises(ValueError, match=r"^task: must pickle, to travel to the run's own process \(.*Local"):
+        registry.create(config, name="local-task", task=Local(config.task_options, "cpu", 0))
+    assert not (registry.parent / "unbuildable").exists() and not (registry.parent / "local-task").exists()
+    assert registry.runs() == []
+
+
+def test_a_killed_training_process_ends_the_run_failed_and_frees_the_device(registry):
+    run = registry.create(tiny_config(steps=LONG), scalars_every=1)
+    run.start()
+    _until(lambda: run.step_count >= 3)
+    os.kill(run.pid, signal.SIGKILL)
+    assert run.wait(timeout=TIMEOUT) == "failed"
+    assert re.fullmatch(rf"the training process died \(exit code -{int(signal.SIGKILL)}\) at step {run.step_count}", run.error)
+    assert run.step_count >= 3 and _gone(run.pid)
+    assert registry.active("cpu") is None
+    with pytest.raises(ValueError, match=r"^start: the run has ended \(failed\); create a new run$"):
+        run.start()
+    assert open_run(run.directory).meta["writer_pid"] == run.pid  # the store reads "interrupted" once its heartbeat is stale
+    other = registry.create(tiny_config(steps=5))
+    other.start()
+    assert other.wait(timeout=TIMEOUT) == "finished"
+
+
+def test_step_count_grows_while_running_without_asking_the_process(registry):
+    run = registry.create(tiny_config(steps=LONG))
+    run.start()
+    commands = run._commands
+
+    class NoCommands:
+        def __getattr__(self, name):
+            raise AssertionError(f"reading step_count used the command pipe ({name})")
+
+    run._commands = NoCommands()  # a round trip would have to ask through it
+    try:
+        seen = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(set(seen)) < 5 and time.monotonic() < deadline:
+            seen.append(run.step_count)
+            time.sleep(0.005)
+    finally:
+        run._commands = commands
+    run.stop()
+    assert len(set(seen)) >= 5 and seen == sorted(seen) and run.state == "stopped"
+
+
+def test_stop_all_leaves_no_training_process(tmp_path):
+    registry = RunRegistry(tmp_path, per_device=2)
+    running, paused, ready = (registry.create(tiny_config(steps=LONG)) for _ in range(3))
+    running.start()
+    paused.step(2)
+    paused.wait("paused", timeout=TIMEOUT)
+    runs = (running, paused, ready)
+    pids = {run.pid for run in runs}
+    assert pids <= {p.pid for p in multiprocessing.active_children()}  # one process per run, ready ones too
+    assert sorted(registry.stop_all()) == sorted(run.name for run in runs)
+    assert not pids & {p.pid for p in multiprocessing.active_children()}
+    assert all(_gone(pid) for pid in pids) and all(run._process.exitcode == 0 for run in runs)
+
+
+_SCRIPT = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from nlviz.live import RunRegistry
+
+if __name__ == "__main__":
+    run = RunRegistry(sys.argv[1]).create(tiny_config(steps=10**6), name="left-running", scalars_every=1)
+    run.start()
+    while run.step_count < 5:
+        time.sleep(0.01)
+    print(run.pid, flush=True)
+    if sys.argv[2] == "hang":
+        time.sleep(600)
+"""
+
+
+def _assert_stopped_cleanly(directory):
+    summary = json.loads((directory / "summary.json").read_text())
+    steps = summary["steps_done"]
+    assert summary["status"] == "interrupted" and steps >= 5
+    store = open_run(directory)
+    assert store.status == "interrupted" and store.last_step() == steps
+    assert store.meta["message"] == f"stopped when the process that started it exited at step {steps}"
+    assert torch.load(directory / "checkpoint.pt", weights_only=True)["clock"]["t"] == steps  # it resumes
+
+
+@pytest.mark.parametrize("parent", ["exits", "is killed"])
+def test_a_run_stops_cleanly_when_the_process_that_started_it_ends(tmp_path, parent):
+    """No training process outlives the server: at exit the registry stops its runs; a run
+    whose parent is killed (no exit handlers) reads the end of its command pipe and stops."""
+    script = _SCRIPT.format(tests=str(Path(__file__).parent))
+    mode = "exit" if parent == "exits" else "hang"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path), mode], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        if mode == "hang":
+            proc.kill()
+        assert proc.wait(TIMEOUT) == (0 if mode == "exit" else -signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    _until(lambda: _gone(pid))
+    _assert_stopped_cleanly(tmp_path / "left-running")
