@@ -4,7 +4,7 @@ No maths and no figure code here: figures come from `nlviz.figures`, numbers fro
 store. The one decision to know: the registry of live runs is a `st.cache_resource`, so
 every browser tab of this server sees the same runs, and a run outlives the tab that
 started it. Pages only ever read the run store (bounded queries, decimated series); the
-worker threads are the only writers.
+runs' training processes are the only writers.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from typing import Iterator
 import streamlit as st
 import torch
 
-from nlviz import open_run
+from nlviz import figures, open_run
 from nlviz.live import LiveRun, RunRegistry
 from nlviz.store import RunInfo, RunReader, RunStoreError, list_runs
 
 PLOT_POINTS = 1000  # points per series a plot asks for; the store decimates, keeping extremes
-CLOCK_EVENTS = 5000  # events per level drawn one by one; a level with more is drawn as a band
+CLOCK_EVENTS = figures.BAND_EVENTS  # events per level drawn one by one; a level with more is drawn as a band
 REFRESH_S = 0.5  # how often live panels re-read the store (the writer commits twice a second)
 
 
@@ -187,22 +187,21 @@ def config_form(key: str):
         return None, str(e)
 
 
-def run_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None,
-               series: bool = True, heatmaps: bool = True, choose_step: bool = False) -> None:
-    """The time panels of one run: loss, surprise per level with update ticks, the level clock,
-    update sizes, and heatmaps of a level's activations and surprise at a recorded step."""
-    from nlviz import figures
+def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
+    """Loss, each level's surprise with its update ticks, the level clock and update sizes."""
+    scalars = reader.scalars(max_points=PLOT_POINTS)
+    events = clock_events(reader, len(periods))
+    left, right = st.columns(2)
+    left.plotly_chart(figures.loss_figure(scalars, events, periods, cursor=cursor), key=f"{key}_chart_loss")
+    right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor), key=f"{key}_chart_clock")
+    left.plotly_chart(figures.surprise_figure(scalars, events, periods, cursor=cursor), key=f"{key}_chart_surprise")
+    right.plotly_chart(figures.update_norm_figure(scalars, periods, cursor=cursor), key=f"{key}_chart_update_norm")
 
-    if series:
-        scalars = reader.scalars(max_points=PLOT_POINTS)
-        events = clock_events(reader, len(periods))
-        left, right = st.columns(2)
-        left.plotly_chart(figures.loss_figure(scalars, events, periods, cursor=cursor), key=f"{key}_chart_loss")
-        right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor), key=f"{key}_chart_clock")
-        left.plotly_chart(figures.surprise_figure(scalars, events, periods, cursor=cursor), key=f"{key}_chart_surprise")
-        right.plotly_chart(figures.update_norm_figure(scalars, periods, cursor=cursor), key=f"{key}_chart_update_norm")
-    if not heatmaps:
-        return
+
+def heatmap_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None,
+                   choose_step: bool = False) -> None:
+    """Heatmaps of a level's activations and surprise at a recorded step (the nearest at or
+    before `cursor`, or the newest); with choose_step, a slider over the recorded steps."""
     steps = reader.tensor_steps("activation")
     if not steps:
         st.info("Heatmaps appear at the first tensor record (every 10 steps in dashboard runs).")

@@ -61,7 +61,9 @@ RUN_DASHES = ("solid", "dash")  # compare_figure: first run, second run
 TEMPLATE = "plotly_white"
 DIVERGING = "RdBu_r"  # RdBu with negative blue and positive red, always symmetric around 0
 GL_POINTS = 5000  # a trace with more points is drawn with WebGL (Scattergl)
-BAND_EVENTS = 5000  # a level with more update events is drawn in the clock as one band
+# A level with more update events is drawn as one band: past a few hundred the marks are under
+# two pixels apart (unreadable), and thousands of SVG marks make a live page slow to redraw.
+BAND_EVENTS = 400
 MAX_CHUNKS = 60  # chunk shading only for a level with at most this many chunks in view
 SHADE_OPACITY = 0.08
 NO_DATA = "no data yet"
@@ -210,7 +212,6 @@ def _clock_traces(updates: pd.DataFrame, periods: Sequence[int] | None, size: in
     """One trace per level (named label + suffix, grouped with the level's other traces): a
     mark at each update event, or one band past BAND_EVENTS events."""
     traces: list[go.BaseTraceType] = []
-    total = len(updates)
     for level in _levels(updates, periods):
         steps = np.sort(updates.loc[updates["level"] == level, "step"].to_numpy(np.int64))
         if not len(steps):
@@ -230,7 +231,7 @@ def _clock_traces(updates: pd.DataFrame, periods: Sequence[int] | None, size: in
         first = np.maximum(steps - (C or 1) + 1, 1)  # the chunk whose gradients this update sums
         hover = (f"{label} updates at t = %{{x}}<br>sums the gradients of steps %{{customdata}}..%{{x}}<extra></extra>"
                  if C else f"{label} updates at t = %{{x}}<extra></extra>")
-        traces.append(_scatter_type(total)(
+        traces.append(_scatter_type(len(steps))(
             x=steps, y=np.full(len(steps), level), customdata=first, mode="markers", name=label + suffix,
             legendgroup=label,
             showlegend=show_legend, hovertemplate=hover,

@@ -68,7 +68,7 @@ def launch(playwright):
 
 
 # The largest step drawn in the loss chart (plotly keeps each graph's data on its element).
-LAST_PLOTTED_STEP = """() => {
+_LAST_PLOTTED = """() => {
   for (const gd of document.querySelectorAll('.js-plotly-plot')) {
     const title = (gd.layout && gd.layout.title && gd.layout.title.text) || '';
     if (!title.toLowerCase().includes('loss')) continue;
@@ -81,3 +81,30 @@ LAST_PLOTTED_STEP = """() => {
   }
   return 0;
 }"""
+LAST_PLOTTED_STEP = _LAST_PLOTTED
+
+# The Step metric's value (the worker's step count), 0 before it is drawn.
+_STEP_METRIC = """() => {
+  for (const m of document.querySelectorAll('[data-testid="stMetric"]')) {
+    if (!m.innerText.trim().startsWith('Step')) continue;
+    const v = m.querySelector('[data-testid="stMetricValue"]');
+    return v ? parseInt(v.innerText.replace(/[^0-9]/g, ''), 10) || 0 : 0;
+  }
+  return 0;
+}"""
+
+# Inside the page, every 20 ms: when the loss chart (or the Step metric) shows a new last step,
+# note (epoch ms, step) in window.nlvizShown (window.nlvizMetric). Watching from inside costs
+# the page far less than asking from outside.
+WATCH_PLOTTED_STEPS = """() => {
+  const plotted = %s, metric = %s;
+  window.nlvizShown = []; window.nlvizMetric = [];
+  let seen = 0, counted = 0;
+  setInterval(() => {
+    const now = performance.timeOrigin + performance.now();
+    const step = plotted();
+    if (step > seen) { seen = step; window.nlvizShown.push([now, step]); }
+    const count = metric();
+    if (count > counted) { counted = count; window.nlvizMetric.push([now, count]); }
+  }, 20);
+}""" % (_LAST_PLOTTED, _STEP_METRIC)

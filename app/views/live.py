@@ -80,7 +80,7 @@ live = state == "running"
 
 
 @st.fragment(run_every=common.REFRESH_S if live else None)
-def panels() -> None:
+def series() -> None:
     now = run.state
     top = st.columns([1, 1, 2, 3], vertical_alignment="bottom")
     top[0].metric("Step", run.step_count)
@@ -91,11 +91,23 @@ def panels() -> None:
         st.error(run.error)
     try:
         with common.reading(run.directory) as reader:
-            common.run_panels(reader, periods, key="live", choose_step=now != "running")
+            common.time_panels(reader, periods, key="live")
     except RunStoreError as e:
         st.warning(f"The run store is not readable yet: {e}")
     if live and now != "running":
         st.rerun()  # the run paused or ended: draw the controls again once, and stop polling
 
 
-panels()
+# Heatmaps change every 10 steps only, and redrawing them costs the browser more than a line
+# chart: once a second is enough (and keeps the time panels' redraws under a second).
+@st.fragment(run_every=2 * common.REFRESH_S if live else None)
+def heatmaps() -> None:
+    try:
+        with common.reading(run.directory) as reader:
+            common.heatmap_panels(reader, periods, key="live", choose_step=run.state != "running")
+    except RunStoreError:
+        pass  # the time panels above say so
+
+
+series()
+heatmaps()

@@ -52,9 +52,10 @@ else:
 
 try:
     with common.reading(info.path) as reader:
-        if "time series" in panels or "heatmaps" in panels:
-            common.run_panels(reader, info.periods, key="replay", cursor=step,
-                              series="time series" in panels, heatmaps="heatmaps" in panels)
+        if "time series" in panels:
+            common.time_panels(reader, info.periods, key="replay", cursor=step)
+        if "heatmaps" in panels:
+            common.heatmap_panels(reader, info.periods, key="replay", cursor=step)
         if "comparison" in panels and other != "(none)":
             b = next(r for r in runs if r.name == other)
             with common.reading(b.path) as reader_b:
