@@ -67,13 +67,19 @@ def live_run(name: str | None) -> LiveRun | None:
     return runs[0] if runs else None
 
 
-def clock_events(run: RunReader, levels: int, since: int | None = None, until: int | None = None):
-    """Level-update events per level for the clock raster, at most CLOCK_EVENTS + 1 per level
-    (one more than drawn, so the figure knows to draw a band instead)."""
+def clock_events(run: RunReader, levels: int):
+    """(events, busy) for the level-clock panels: each level's update events when there are at
+    most CLOCK_EVENTS, and for a busier level only (count, first, last), drawn as a band."""
     import pandas as pd
 
-    parts = [run.level_updates(since=since, until=until, level=l, limit=CLOCK_EVENTS + 1) for l in range(1, levels + 1)]
-    return pd.concat(parts, ignore_index=True) if parts else run.level_updates(limit=0)
+    parts, busy = [], {}
+    for l in range(1, levels + 1):
+        events = run.level_updates(level=l, limit=CLOCK_EVENTS + 1)
+        if len(events) > CLOCK_EVENTS:
+            busy[l] = run.update_extent(l)
+        else:
+            parts.append(events)
+    return (pd.concat(parts, ignore_index=True) if parts else run.level_updates(limit=0)), busy
 
 
 def query_int(key: str, default: int | None = None) -> int | None:
@@ -190,11 +196,12 @@ def config_form(key: str):
 def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
     """Loss, each level's surprise with its update ticks, the level clock and update sizes."""
     scalars = reader.scalars(max_points=PLOT_POINTS)
-    events = clock_events(reader, len(periods))
+    events, busy = clock_events(reader, len(periods))
     left, right = st.columns(2)
-    left.plotly_chart(figures.loss_figure(scalars, events, periods, cursor=cursor), key=f"{key}_chart_loss")
-    right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor), key=f"{key}_chart_clock")
-    left.plotly_chart(figures.surprise_figure(scalars, events, periods, cursor=cursor), key=f"{key}_chart_surprise")
+    left.plotly_chart(figures.loss_figure(scalars, None, periods, cursor=cursor), key=f"{key}_chart_loss")
+    right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy), key=f"{key}_chart_clock")
+    left.plotly_chart(figures.surprise_figure(scalars, events, periods, cursor=cursor, busy=busy),
+                      key=f"{key}_chart_surprise")
     right.plotly_chart(figures.update_norm_figure(scalars, periods, cursor=cursor), key=f"{key}_chart_update_norm")
 
 

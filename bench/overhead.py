@@ -294,7 +294,8 @@ def main() -> None:
     telemetry = runners["trainer+telemetry"]
     writer = next(s for s in telemetry.subscribers if isinstance(s, RunWriter))
     print(f"store size per 100,000 steps: {store_size(writer, telemetry.clock.t) * 1e5 / telemetry.clock.t / 1e6:.1f} MB "
-          f"(default cadence: scalars every {writer.scalars_every}, tensors every {writer.tensors_every} steps)")
+          f"(default cadence: scalars every {writer.scalars_every}, tensors every {writer.tensors_every}, "
+          f"memory records every {writer.memory_every} steps)")
     lat = visibility(args.device, 400 if args.quick else 2000)
     print(f"visibility: a recorded step reaches a reader in median {lat[0]:.2f} s, at most {lat[1]:.2f} s (target <= 1 s)")
     for label, seconds in plot_query(100_000 if args.quick else 1_000_000):

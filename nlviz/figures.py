@@ -33,7 +33,7 @@ NULL) arrive as NaN and are drawn as gaps.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +63,7 @@ DIVERGING = "RdBu_r"  # RdBu with negative blue and positive red, always symmetr
 GL_POINTS = 5000  # a trace with more points is drawn with WebGL (Scattergl)
 # A level with more update events is drawn as one band: past a few hundred the marks are under
 # two pixels apart (unreadable), and thousands of SVG marks make a live page slow to redraw.
-BAND_EVENTS = 400
+BAND_EVENTS = 150
 MAX_CHUNKS = 60  # chunk shading only for a level with at most this many chunks in view
 SHADE_OPACITY = 0.08
 NO_DATA = "no data yet"
@@ -200,34 +200,53 @@ def add_chunk_shading(fig: go.Figure, periods: Sequence[int] | None, x_range: tu
     return fig
 
 
-def _levels(updates: pd.DataFrame | None, periods: Sequence[int] | None) -> list[int]:
+# Levels whose update events were too many to fetch one by one: level -> (count, first, last).
+Busy = Mapping[int, tuple[int, int, int]]
+
+
+def _levels(updates: pd.DataFrame | None, periods: Sequence[int] | None, busy: Busy | None = None) -> list[int]:
     known = set(range(1, len(periods) + 1)) if periods else set()
     if updates is not None and len(updates):
         known |= {int(l) for l in updates["level"].unique()}
+    known |= set(busy or ())
     return sorted(l for l in known if l >= 1)
 
 
-def _clock_traces(updates: pd.DataFrame, periods: Sequence[int] | None, size: int = 14,
-                  show_legend: bool = True, suffix: str = "") -> list[go.BaseTraceType]:
+def _band(level: int, count: int, first: int, last: int, regular: bool, periods: Sequence[int] | None,
+          show_legend: bool, suffix: str) -> go.Bar:
+    """A level too busy to draw mark by mark: one bar from its first to its last update."""
+    label, colour = level_label(level, periods), level_colour(level)
+    C = periods[level - 1] if periods and level <= len(periods) else None
+    every = f"every C={C} steps" if regular else "not evenly spaced"
+    text = (f"{label}: {count} updates, steps {first}..{last}, {every}<br>"
+            f"drawn as a band: more than {BAND_EVENTS} marks would not be readable")
+    return go.Bar(x=[max(int(last - first), 1)], base=[int(first)], y=[level], orientation="h", width=0.5,
+                  name=label + suffix, legendgroup=label, showlegend=show_legend,
+                  marker=dict(color=colour, opacity=0.45, line=dict(width=0)), hovertemplate=text + "<extra></extra>")
+
+
+def _clock_traces(updates: pd.DataFrame | None, periods: Sequence[int] | None, size: int = 14,
+                  show_legend: bool = True, suffix: str = "", busy: Busy | None = None) -> list[go.BaseTraceType]:
     """One trace per level (named label + suffix, grouped with the level's other traces): a
-    mark at each update event, or one band past BAND_EVENTS events."""
+    mark at each update event, or one band past BAND_EVENTS events (or for a `busy` level)."""
     traces: list[go.BaseTraceType] = []
-    for level in _levels(updates, periods):
+    for level in _levels(updates, periods, busy):
+        C = periods[level - 1] if periods and level <= len(periods) else None
+        if busy and level in busy:
+            count, first, last = busy[level]
+            regular = C is not None and count == (last - first) // C + 1 and first % C == 0 and last % C == 0
+            traces.append(_band(level, count, first, last, regular, periods, show_legend, suffix))
+            continue
+        if updates is None:
+            continue
         steps = np.sort(updates.loc[updates["level"] == level, "step"].to_numpy(np.int64))
         if not len(steps):
             continue
-        label, colour = level_label(level, periods), level_colour(level)
-        C = periods[level - 1] if periods and level <= len(periods) else None
         if len(steps) > BAND_EVENTS:
             regular = C is not None and bool(np.all(np.diff(steps) == C))
-            every = f"every C={C} steps" if regular else "not evenly spaced"
-            text = (f"{label}: {len(steps)} updates, steps {steps[0]}..{steps[-1]}, {every}<br>"
-                    f"drawn as a band: more than {BAND_EVENTS} marks would not be readable")
-            traces.append(go.Bar(x=[max(int(steps[-1] - steps[0]), 1)], base=[int(steps[0])], y=[level],
-                                 orientation="h", width=0.5, name=label + suffix, legendgroup=label, showlegend=show_legend,
-                                 marker=dict(color=colour, opacity=0.45, line=dict(width=0)),
-                                 hovertemplate=text + "<extra></extra>"))
+            traces.append(_band(level, len(steps), int(steps[0]), int(steps[-1]), regular, periods, show_legend, suffix))
             continue
+        label, colour = level_label(level, periods), level_colour(level)
         first = np.maximum(steps - (C or 1) + 1, 1)  # the chunk whose gradients this update sums
         hover = (f"{label} updates at t = %{{x}}<br>sums the gradients of steps %{{customdata}}..%{{x}}<extra></extra>"
                  if C else f"{label} updates at t = %{{x}}<extra></extra>")
@@ -247,12 +266,12 @@ def _level_axis(levels: list[int], periods: Sequence[int] | None, short: bool = 
 
 def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_title: str, value_label: str,
               updates: pd.DataFrame | None, periods: Sequence[int] | None, cursor: int | float | None,
-              log_y: bool, mode: str = "lines") -> go.Figure:
+              log_y: bool, mode: str = "lines", busy: Busy | None = None) -> go.Figure:
     """Per-level series on one panel, with an update strip below when `updates` is given."""
-    has_updates = updates is not None and len(updates) > 0
+    has_updates = (updates is not None and len(updates) > 0) or bool(busy)
     if not any(len(x) for x, _ in series.values()) and not has_updates:
         return _empty(title)
-    strip = updates is not None and len(_levels(updates, periods)) > 0
+    strip = has_updates and len(_levels(updates, periods, busy)) > 0
     if strip:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.82, 0.18], vertical_spacing=0.03)
     else:
@@ -263,16 +282,18 @@ def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_ti
         fig.add_trace(_line(x, y, label, level_colour(level), value_label, mode=mode,
                             group=level_label(level, periods)), **where)
     if strip:
-        for trace in _clock_traces(updates, periods, size=9, show_legend=False, suffix=" updates"):
+        for trace in _clock_traces(updates, periods, size=9, show_legend=False, suffix=" updates", busy=busy):
             fig.add_trace(trace, row=2, col=1)
-        fig.update_yaxes(title_text="updates", row=2, col=1, **_level_axis(_levels(updates, periods), periods, short=True))
+        fig.update_yaxes(title_text="updates", row=2, col=1,
+                         **_level_axis(_levels(updates, periods, busy), periods, short=True))
         fig.update_xaxes(title_text="step t", row=2, col=1)
         fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", row=1, col=1)
         fig.update_layout(barmode="overlay")
     else:
         fig.update_xaxes(title_text="step t")
         fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
-    steps = [x for x, _ in series.values()] + ([updates["step"].to_numpy()] if has_updates else [])
+    steps = [x for x, _ in series.values()] + ([updates["step"].to_numpy()] if updates is not None and len(updates) else [])
+    steps += [np.array([first, last]) for _, first, last in (busy or {}).values()]
     add_chunk_shading(fig, periods, _x_range(*steps))
     _add_cursor(fig, cursor)
     fig.update_layout(template=TEMPLATE, title=title, legend_title_text="level", hovermode="closest")
@@ -282,21 +303,22 @@ def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_ti
 # ---------------------------------------------------------------------------- time series
 def loss_figure(scalars: pd.DataFrame | None, updates: pd.DataFrame | None = None,
                 periods: Sequence[int] | None = None, cursor: int | float | None = None,
-                log_y: bool = True) -> go.Figure:
+                log_y: bool = True, busy: Busy | None = None) -> go.Figure:
     """The whole model's task loss L (store level 0, name 'loss') against step t; with
-    `updates`, each level's Eq 31 update ticks below; with `periods`, chunk shading."""
+    `updates`, each level's Eq 31 update ticks below; with `periods`, chunk shading.
+    busy: levels whose events were too many to fetch, as (count, first, last): drawn as bands."""
     series = _series(scalars, "loss", level=0)
     return _timeline(series, "Task loss L of the whole model", "loss L" + (" (log scale)" if log_y else ""),
-                     "L", updates, periods, cursor, log_y)
+                     "L", updates, periods, cursor, log_y, busy=busy)
 
 
 def surprise_figure(scalars: pd.DataFrame | None, updates: pd.DataFrame | None, periods: Sequence[int] | None,
-                    cursor: int | float | None = None) -> go.Figure:
+                    cursor: int | float | None = None, busy: Busy | None = None) -> go.Figure:
     """Each level's local surprise ||u_l|| = ||dL/dy_l|| (Eq 25) on a log axis, its Eq 31
     update ticks in a strip below, chunk boundaries shaded."""
     series = {l: s for l, s in _series(scalars, "surprise_norm").items() if l >= 1}
     return _timeline(series, "Local surprise per level: ||u_l|| = ||dL/dy_l|| (Eq 25)",
-                     "||u_l|| = ||dL/dy_l|| (log scale)", "||u_l||", updates, periods, cursor, log_y=True)
+                     "||u_l|| = ||dL/dy_l|| (log scale)", "||u_l||", updates, periods, cursor, log_y=True, busy=busy)
 
 
 def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | None = None,
@@ -309,15 +331,17 @@ def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | No
 
 
 def level_clock_figure(updates: pd.DataFrame | None, periods: Sequence[int] | None,
-                       steps: int | tuple[int, int] | None = None, cursor: int | float | None = None) -> go.Figure:
+                       steps: int | tuple[int, int] | None = None, cursor: int | float | None = None,
+                       busy: Busy | None = None) -> go.Figure:
     """Eq 31's clock as recorded: a mark at each (step, level) update event given, level 1 at
     the bottom. A level with more than BAND_EVENTS events is one band (its hover says so).
-    steps: the x range to show, the run's length or (first, last); default the events'."""
+    steps: the x range to show, the run's length or (first, last); default the events'.
+    busy: levels whose events were too many to fetch, as (count, first, last): drawn as bands."""
     title = "Level clock (Eq 31): level l updates at t = C(l), 2C(l), ..."
-    if updates is None or len(updates) == 0:
+    if (updates is None or len(updates) == 0) and not busy:
         return _empty(title)
-    fig = go.Figure(_clock_traces(updates, periods))
-    levels = _levels(updates, periods)
+    fig = go.Figure(_clock_traces(updates, periods, busy=busy))
+    levels = _levels(updates, periods, busy)
     fig.update_yaxes(title_text="level (period C)", **_level_axis(levels, periods))
     fig.update_xaxes(title_text="step t")
     if steps is not None:

@@ -539,7 +539,8 @@ class RunReader:
 
     def _decimated(self, name: str, level: int, since: int | None, max_points: int) -> list[tuple]:
         """At most max_points rows: each bucket's minimum and maximum, read from the
-        level-of-detail rows (and the raw rows of a partial first bucket), not every step."""
+        level-of-detail rows (and the raw rows of a partial first bucket), not every step;
+        from the raw rows when the series has too few level-of-detail buckets to fill the plot."""
         if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
             raise ValueError(f"max_points: must be an integer >= 2, got {max_points!r}")
         first = 0 if since is None else since + 1
@@ -554,13 +555,18 @@ class RunReader:
         if head + sum(r[4] for r in lod) <= max_points:
             return self._con.execute("SELECT step, level, name, value FROM scalars WHERE name = ? AND level = ? "
                                      "AND step >= ? ORDER BY step", key + [first]).fetchall()
-        items = lod
-        if head:  # the partial first bucket, summarised like the others
+        if len(lod) + 1 < max_points // 2:  # too few buckets for the points asked: group the raw rows
+            raw = self._con.execute("SELECT step, value FROM scalars WHERE name = ? AND level = ? AND step >= ? "
+                                    "ORDER BY step", key + [first]).fetchall()  # < max_points / 2 * LOD_WIDTH rows
+            items = [(s, v, s, v, 1) for s, v in raw]
+        elif head:  # the partial first bucket, summarised like the others
             lo = self._con.execute("SELECT step, MIN(value) FROM scalars WHERE name = ? AND level = ? AND step >= ? "
                                    "AND step < ?", key + [first, edge]).fetchone()
             hi = self._con.execute("SELECT step, MAX(value) FROM scalars WHERE name = ? AND level = ? AND step >= ? "
                                    "AND step < ?", key + [first, edge]).fetchone()
             items = [(lo[0], lo[1], hi[0], hi[1], head)] + lod
+        else:
+            items = lod
         per = -(-len(items) // (max_points // 2))  # buckets of the answer, at most max_points // 2
         rows = []
         for i in range(0, len(items), per):
@@ -585,6 +591,12 @@ class RunReader:
             "AND (? IS NULL OR level = ?) ORDER BY step, level LIMIT ?",
             [-1 if since is None else since, until, until, level, level, -1 if limit is None else limit]).fetchall()
         return pd.DataFrame(rows, columns=["step", "level"])
+
+    def update_extent(self, level: int) -> tuple[int, int, int]:
+        """(count, first step, last step) of a level's recorded updates; (0, 0, 0) when none."""
+        count, first, last = self._con.execute(
+            "SELECT COUNT(*), MIN(step), MAX(step) FROM level_updates WHERE level = ?", [level]).fetchone()
+        return count, first or 0, last or 0
 
     def tensor_steps(self, kind: str | None = None, level: int | None = None) -> list[int]:
         """The steps that have tensor summaries (of that kind and level), in order."""

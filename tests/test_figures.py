@@ -136,6 +136,21 @@ def test_level_clock_draws_a_busy_level_as_a_band_and_says_so():
     assert "not evenly spaced" in _trace(gappy, "level 1 (C=1)").hovertemplate
 
 
+def test_a_level_passed_only_by_its_extent_is_a_band_over_its_whole_range():
+    few = pd.DataFrame({"step": [64, 128, 192], "level": [3, 3, 3]})
+    busy = {1: (200, 1, 200), 2: (25, 8, 200)}  # what a reader reports for levels it did not fetch one by one
+    empty = pd.DataFrame(columns=["step", "level", "name", "value"])
+    for fig, suffix in ((level_clock_figure(few, (1, 8, 64), busy=busy), ""),
+                        (surprise_figure(empty, few, (1, 8, 64), busy=busy), " updates")):
+        one, two = _trace(fig, "level 1 (C=1)" + suffix), _trace(fig, "level 2 (C=8)" + suffix)
+        assert isinstance(one, go.Bar) and one.base == (1,) and one.x == (199,) and "200 updates" in one.hovertemplate
+        assert "every C=1 steps" in one.hovertemplate and "every C=8 steps" in two.hovertemplate
+        assert two.base == (8,) and two.x == (192,)
+    assert _marks(level_clock_figure(few, (1, 8, 64), busy=busy)) == [(64, 3), (128, 3), (192, 3)]
+    gappy = level_clock_figure(few, (1, 8, 64), busy={2: (20, 8, 200)})
+    assert "not evenly spaced" in _trace(gappy, "level 2 (C=8)").hovertemplate
+
+
 @pytest.mark.parametrize("periods, x_range, level", [
     ((1, 2, 3), (1, 30), 3),  # the slowest level, 10 chunks
     ((1, 8, 64), (1, 30), 2),  # level 3 has one chunk in view, no boundary: level 2 is shaded

@@ -120,6 +120,7 @@ def test_since_returns_only_newer_records(tmp_path):
     assert run.level_updates(since=4, until=12).values.tolist() == [
         [t, l + 1] for t, l in LevelClock((1, 2, 3)).updates_between(5, 12)]
     assert len(run.level_updates(level=1, limit=7)) == 7
+    assert run.update_extent(3) == (6, 3, 18) and run.update_extent(1) == (20, 1, 20) and run.update_extent(9) == (0, 0, 0)
     assert run.tensor_steps() == [4, 8, 12, 16, 20] and run.tensor_steps("surprise", 2) == [4, 8, 12, 16, 20]
     assert run.tensor_stats(since=12).step.min() == 16
 
@@ -147,6 +148,14 @@ def test_decimation_keeps_at_most_n_points_and_every_extreme(tmp_path, max_point
     assert df.step.is_monotonic_increasing
     full = open_run(tmp_path).scalars("loss", since=19_990, max_points=max_points)
     assert full.step.tolist() == list(range(19_991, 20_001))  # few enough: every point
+
+
+def test_a_series_shorter_than_the_plot_wants_buckets_is_decimated_finely(tmp_path):
+    values = np.sin(np.arange(1_500) / 50.0)  # 1,500 steps: fewer than 6 level-of-detail buckets
+    _store_with(tmp_path / "run.sqlite", values)
+    df = open_run(tmp_path).scalars("loss", max_points=1000)
+    assert 900 <= len(df) <= 1000  # the plot gets the detail it asked for, not 12 bucket extremes
+    np.testing.assert_array_equal(df.value.to_numpy(), values[df.step.to_numpy() - 1])
 
 
 @pytest.mark.parametrize("since", [None, 300, 5_017, 19_000])

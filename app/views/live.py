@@ -82,7 +82,7 @@ live = state == "running"
 @st.fragment(run_every=common.REFRESH_S if live else None)
 def series() -> None:
     now = run.state
-    top = st.columns([1, 1, 2, 3], vertical_alignment="bottom")
+    top = st.columns([1, 1.4, 2, 3], vertical_alignment="bottom")
     top[0].metric("Step", run.step_count)
     top[1].metric("State", now)
     top[2].metric("Device", run.device)
