@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "app")]
 
-from appserver import WATCH_PLOTTED_STEPS, launch, serve_app  # noqa: E402
+from appserver import WATCH_PLOTTED_STEPS, launch, open_live_page, serve_app  # noqa: E402
 
 from nlviz import TrainConfig, open_run  # noqa: E402
 from nlviz.store import LOD_WIDTH, index_scalars  # noqa: E402
@@ -46,7 +46,7 @@ from nlviz.store import LOD_WIDTH, index_scalars  # noqa: E402
 def screen_lag(seconds: float, work: Path) -> tuple[list[float], list[float], float]:
     """(chart lags, Step metric lags, in seconds; steps per second of the watched run). A lag is
     the time from a reader first seeing a step in the store to the page first showing it."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
     runs = work / "runs"
     committed: dict[int, float] = {}  # step -> epoch seconds when a reader first saw it in the store
@@ -69,12 +69,7 @@ def screen_lag(seconds: float, work: Path) -> tuple[list[float], list[float], fl
 
     with serve_app(runs, work / "streamlit.log") as url, sync_playwright() as p:
         browser = launch(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.goto(f"{url}/live")
-        page.get_by_label("Steps").fill("100000")
-        page.keyboard.press("Enter")
-        start = page.get_by_role("button", name="Start", exact=True)
-        expect(start).to_be_enabled(timeout=60_000)
+        page, start = open_live_page(browser, url)
         page.evaluate(WATCH_PLOTTED_STEPS)
         poller = threading.Thread(target=watch_store)
         poller.start()

@@ -67,6 +67,20 @@ def launch(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
+def open_live_page(browser, url: str, steps: int = 100_000, viewport=(1280, 800)):
+    """The live page with the run length set (long enough to still be running when a test
+    pauses it); returns (page, its Start button, enabled)."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    page.goto(f"{url}/live")
+    page.get_by_label("Steps").fill(str(steps))
+    page.keyboard.press("Enter")
+    start = page.get_by_role("button", name="Start", exact=True)
+    expect(start).to_be_enabled(timeout=60_000)
+    return page, start
+
+
 # The largest step drawn in the loss chart (plotly keeps each graph's data on its element).
 _LAST_PLOTTED = """() => {
   for (const gd of document.querySelectorAll('.js-plotly-plot')) {

@@ -8,7 +8,7 @@ import time
 
 from playwright.sync_api import expect, sync_playwright
 
-from appserver import LAST_PLOTTED_STEP, launch, serve_app
+from appserver import LAST_PLOTTED_STEP, launch, open_live_page, serve_app
 
 
 def _step(page) -> int:
@@ -20,14 +20,9 @@ def test_start_a_run_and_watch_it_live(tmp_path):
     with serve_app(tmp_path / "runs", tmp_path / "streamlit.log") as url, sync_playwright() as p:
         browser = launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(f"{url}/live")
             # Long enough to be still running when Pause is clicked below: 3000 steps (the
             # default) can end first on a fast machine, or while the charts render on a slow one.
-            page.get_by_label("Steps").fill("100000")
-            page.keyboard.press("Enter")
-            start = page.get_by_role("button", name="Start", exact=True)
-            expect(start).to_be_enabled(timeout=60_000)
+            page, start = open_live_page(browser, url, steps=100_000, viewport=(1400, 1100))
             start.click()
             metric = page.locator('[data-testid="stMetric"]').filter(has_text="Step").first
             expect(metric).to_be_visible(timeout=60_000)
