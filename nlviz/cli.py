@@ -341,23 +341,14 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _runs(a: argparse.Namespace) -> int:
-    from .store import STORE_NAME, RunStoreError, open_run
+    from .store import list_runs
 
     parent = Path(a.parent)
     if not parent.is_dir():
         return _fail(f"PARENT: {parent} is not a directory")
-    rows = []
-    for d in sorted(p for p in parent.iterdir() if (p / STORE_NAME).is_file()):
-        try:
-            run = open_run(d)
-            meta, status, last = run.meta, run.status, run.last_step()
-            run.close()
-        except RunStoreError as e:
-            rows.append((d.name, "unreadable", "-", "-", str(e)))
-            continue
-        total = meta.get("config", {}).get("steps", "?")
-        age = time.time() - meta.get("heartbeat", meta.get("start_time", time.time()))
-        rows.append((d.name, status, f"{last}/{total}", _age(age), meta.get("config", {}).get("task", "?")))
+    rows = [(i.name, i.status, "-", "-", i.message) if i.status == "unreadable" else
+            (i.name, i.status, f"{i.last_step}/{i.total if i.total is not None else '?'}", _age(i.age_s), i.task)
+            for i in sorted(list_runs(parent), key=lambda i: i.name)]
     if not rows:
         print(f"no runs in {parent}")
         return 0
