@@ -67,21 +67,6 @@ def live_run(name: str | None) -> LiveRun | None:
     return runs[0] if runs else None
 
 
-def clock_events(run: RunReader, levels: int):
-    """(events, busy) for the level-clock panels: each level's update events when there are at
-    most CLOCK_EVENTS, and for a busier level only (count, first, last), drawn as a band."""
-    import pandas as pd
-
-    parts, busy = [], {}
-    for l in range(1, levels + 1):
-        events = run.level_updates(level=l, limit=CLOCK_EVENTS + 1)
-        if len(events) > CLOCK_EVENTS:
-            busy[l] = run.update_extent(l)
-        else:
-            parts.append(events)
-    return (pd.concat(parts, ignore_index=True) if parts else run.level_updates(limit=0)), busy
-
-
 def query_int(key: str, default: int | None = None) -> int | None:
     """An integer from the page's URL (shareable state), or default when absent or malformed."""
     try:
@@ -196,7 +181,7 @@ def config_form(key: str):
 def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
     """Loss, each level's surprise with its update ticks, the level clock and update sizes."""
     scalars = reader.scalars(max_points=PLOT_POINTS)
-    events, busy = clock_events(reader, len(periods))
+    events, busy = reader.clock_events(len(periods), CLOCK_EVENTS)
     left, right = st.columns(2)
     left.plotly_chart(figures.loss_figure(scalars, None, periods, cursor=cursor), key=f"{key}_chart_loss")
     right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy), key=f"{key}_chart_clock")

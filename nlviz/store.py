@@ -592,6 +592,21 @@ class RunReader:
             [-1 if since is None else since, until, until, level, level, -1 if limit is None else limit]).fetchall()
         return pd.DataFrame(rows, columns=["step", "level"])
 
+    def clock_events(self, levels: int, limit: int):
+        """(events, busy) for drawing the level clock of levels 1..levels: a level's update
+        events when it has at most `limit`, else only its (count, first, last) in `busy`
+        (figures draw such a level as one band), so a long run costs a bounded read."""
+        import pandas as pd
+
+        parts, busy = [], {}
+        for level in range(1, levels + 1):
+            events = self.level_updates(level=level, limit=limit + 1)
+            if len(events) > limit:
+                busy[level] = self.update_extent(level)
+            else:
+                parts.append(events)
+        return (pd.concat(parts, ignore_index=True) if parts else self.level_updates(limit=0)), busy
+
     def update_extent(self, level: int) -> tuple[int, int, int]:
         """(count, first step, last step) of a level's recorded updates; (0, 0, 0) when none."""
         count, first, last = self._con.execute(

@@ -120,6 +120,8 @@ def test_since_returns_only_newer_records(tmp_path):
     assert run.level_updates(since=4, until=12).values.tolist() == [
         [t, l + 1] for t, l in LevelClock((1, 2, 3)).updates_between(5, 12)]
     assert len(run.level_updates(level=1, limit=7)) == 7
+    events, busy = run.clock_events(3, limit=7)  # levels past the limit come as (count, first, last)
+    assert busy == {1: (20, 1, 20), 2: (10, 2, 20)} and events.values.tolist() == [[t, 3] for t in range(3, 19, 3)]
     assert run.update_extent(3) == (6, 3, 18) and run.update_extent(1) == (20, 1, 20) and run.update_extent(9) == (0, 0, 0)
     assert run.tensor_steps() == [4, 8, 12, 16, 20] and run.tensor_steps("surprise", 2) == [4, 8, 12, 16, 20]
     assert run.tensor_stats(since=12).step.min() == 16
