@@ -17,9 +17,9 @@ from typing import Iterator
 import streamlit as st
 import torch
 
-from nlviz import figures, open_run
+from nlviz import ModelConfig, figures, open_run
 from nlviz.live import LiveRun, RunRegistry
-from nlviz.store import RunInfo, RunReader, RunStoreError, list_runs
+from nlviz.store import RunInfo, RunReader, list_runs
 
 PLOT_POINTS = 1000  # points per series a plot asks for; the store decimates, keeping extremes
 CLOCK_EVENTS = figures.BAND_EVENTS  # events per level drawn one by one; a level with more is drawn as a band
@@ -75,18 +75,12 @@ def query_int(key: str, default: int | None = None) -> int | None:
         return default
 
 
-def store_error(e: RunStoreError) -> None:
-    st.error(str(e))
-
-
 # What the dashboard records: every step's scalars (so a single Step shows up at once), tensor
 # summaries and Eq 25-29 memory records every 10 steps (the trainer's linear-record cadence).
 WRITER_OPTIONS = {"scalars_every": 1, "tensors_every": 10, "memory_every": 10}
-DEFAULT_LEVELS = [  # the default run: a 3-level CMS, fast to slow
-    {"period": 1, "width": 64, "hidden": 256, "optimizer": "adam", "lr": 1e-3},
-    {"period": 8, "width": 64, "hidden": 256, "optimizer": "adam", "lr": 1e-3},
-    {"period": 64, "width": 64, "hidden": 256, "optimizer": "adam", "lr": 1e-3},
-]
+DEFAULT_STEPS = 3000  # the default run: the library's default model and task, for this many steps
+DEFAULT_LEVELS = [{k: getattr(lv, k) for k in ("period", "width", "hidden", "optimizer", "lr")}
+                  for lv in ModelConfig().levels]  # the levels table starts from the library's defaults
 TASKS = {
     "multiscale": "multi-timescale regression: a fast and a slow drifting map",
     "recall": "associative recall of key-value pairs, keys optionally correlated",
@@ -122,7 +116,7 @@ def config_form(key: str):
 
     top = st.columns([2, 1, 1, 1, 1])
     task = top[0].selectbox("Task", list(TASKS), key=f"{key}_task", format_func=lambda t: f"{t}: {TASKS[t]}")
-    steps = top[1].number_input("Steps", 1, 10**7, 3000, step=500, key=f"{key}_steps")
+    steps = top[1].number_input("Steps", 1, 10**7, DEFAULT_STEPS, step=500, key=f"{key}_steps")
     batch = top[2].number_input("Batch size", 1, 4096, 32, key=f"{key}_batch")
     seed = top[3].number_input("Seed", 0, 2**31 - 1, 0, key=f"{key}_seed")
     device = top[4].selectbox("Device", devices(), key=f"{key}_device",

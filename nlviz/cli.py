@@ -264,9 +264,9 @@ def _train(a: argparse.Namespace) -> int:
             raise ConfigError(f"--threads: must be an integer >= 0, got {a.threads}")
         config, out, checkpoint, cadence = _prepare(a)
         if a.tensorboard:
-            from .mirror import TensorBoardMirror  # refuses at once when tensorboard is missing
+            from .mirror import require_tensorboard
 
-            TensorBoardMirror(out)
+            require_tensorboard()  # refused here, before anything is written
     except (ConfigError, ImportError) as e:
         return _fail(str(e))
 

@@ -23,10 +23,11 @@ import numpy as np
 from .store import RunReader, open_run
 from .trainer import Subscriber
 
-__all__ = ["TensorBoardMirror", "mirror_run"]
+__all__ = ["TensorBoardMirror", "mirror_run", "require_tensorboard"]
 
 
-def _summary_writer_class() -> type:
+def require_tensorboard() -> type:
+    """torch's SummaryWriter, or a one-line ImportError when the tensorboard package is missing."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # torch's module raises this when the tensorboard package is missing
@@ -41,7 +42,7 @@ class _Copier:
         """after: copy only later steps, and have TensorBoard drop the events it holds past
         that step (a resumed run records them again)."""
         purge = None if after is None else after + 1
-        self.run, self.tb = run, _summary_writer_class()(log_dir=str(logdir), purge_step=purge)
+        self.run, self.tb = run, require_tensorboard()(log_dir=str(logdir), purge_step=purge)
         self.after = after
         self.scalars_done: dict[tuple[str, int], int] = {}  # (name, level) -> last step copied
         self.tensors_done: dict[tuple[int, str], int] = {}  # (level, kind) -> last step copied
@@ -95,7 +96,7 @@ class TensorBoardMirror(Subscriber):
                  resume_after: int | None = None):
         """logdir: where the events go (default run_dir/tensorboard); every: seconds between
         copies; resume_after: the step a resumed run continues from (as for RunWriter)."""
-        _summary_writer_class()  # fail at construction, not mid-run, when tensorboard is missing
+        require_tensorboard()  # fail at construction, not mid-run, when tensorboard is missing
         self.resume_after = resume_after
         self.run_dir = Path(run_dir)
         self.logdir = Path(logdir) if logdir is not None else self.run_dir / "tensorboard"

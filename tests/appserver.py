@@ -82,7 +82,7 @@ def open_live_page(browser, url: str, steps: int = 100_000, viewport=(1280, 800)
 
 
 # The largest step drawn in the loss chart (plotly keeps each graph's data on its element).
-_LAST_PLOTTED = """() => {
+LAST_PLOTTED_STEP = """() => {
   for (const gd of document.querySelectorAll('.js-plotly-plot')) {
     const title = (gd.layout && gd.layout.title && gd.layout.title.text) || '';
     if (!title.toLowerCase().includes('loss')) continue;
@@ -95,7 +95,6 @@ _LAST_PLOTTED = """() => {
   }
   return 0;
 }"""
-LAST_PLOTTED_STEP = _LAST_PLOTTED
 
 # The Step metric's value (the worker's step count), 0 before it is drawn.
 _STEP_METRIC = """() => {
@@ -121,4 +120,4 @@ WATCH_PLOTTED_STEPS = """() => {
     const count = metric();
     if (count > counted) { counted = count; window.nlvizMetric.push([now, count]); }
   }, 20);
-}""" % (_LAST_PLOTTED, _STEP_METRIC)
+}""" % (LAST_PLOTTED_STEP, _STEP_METRIC)

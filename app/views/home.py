@@ -29,7 +29,7 @@ frequency. Three ideas, each shown here from a live run:
 
 
 def start_default() -> None:
-    config = TrainConfig(steps=3000)  # 3 levels with periods 1, 8, 64 on the multi-timescale task
+    config = TrainConfig(steps=common.DEFAULT_STEPS)  # the library's default model and task
     try:
         run = common.registry().create(config, **common.WRITER_OPTIONS)
         run.start()
@@ -39,7 +39,9 @@ def start_default() -> None:
         st.session_state.home_error = str(e)
 
 
-st.button(f"Start the default run (3 levels, periods 1, 8, 64; 3000 steps on {common.default_device()})",
+periods = ", ".join(str(p) for p in common.periods(None))
+st.button(f"Start the default run ({len(common.DEFAULT_LEVELS)} levels, periods {periods}; {common.DEFAULT_STEPS} "
+          f"steps on {common.default_device()})",
           type="primary", key="start_default", on_click=start_default)
 if "home_error" in st.session_state:
     st.error(st.session_state.pop("home_error"))

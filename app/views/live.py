@@ -72,8 +72,8 @@ if "live_error" in st.session_state:
     st.error(st.session_state.pop("live_error"))
 
 if run is None:
-    st.info("No run yet: press **Start** to train the default 3-level CMS (periods 1, 8, 64) on the "
-            f"multi-timescale task, on {common.default_device()}.")
+    st.info(f"No run yet: press **Start** to train the run configured above (by default a CMS with periods "
+            f"{', '.join(map(str, periods))} on the multi-timescale task), on {common.default_device()}.")
     st.stop()
 
 live = state == "running"
