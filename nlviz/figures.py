@@ -18,6 +18,13 @@ What each figure shows:
     hebbian_vs_delta_figure  Eq 26 (Hebbian) vs Eq 27-29 (delta rule) for one recorded (x, u)
     heatmap_figure, histogram_figure, tensor_stats_figure, compare_figure: recorded tensors
                              and one series of two runs
+Notebook experiments (pure functions of the arrays and tables a notebook computes):
+    surprise_check_figure    captured u_l against autograd's dL/dy_l, entry by entry (04)
+    seed_curves_figure       a curve per condition: mean over seeds and the seeds' range (04)
+    seed_summary_figure      per group of runs: mean, standard deviation and each seed (04, 05)
+    image_strip_figure       small images side by side, e.g. one digit per class (05)
+    forgetting_curves_figure accuracy on each task as later tasks are trained (05)
+    level_drift_figure       how far each level's parameters move during each task (05)
 
 The decisions to know. Long runs are drawn from the series they are given: pass
 `run.scalars(..., max_points=N)` (min/max decimated by the store) and the figures draw every
@@ -578,4 +585,200 @@ def hebbian_vs_delta_figure(record: MemoryRecord | None, lr: float, row: int = 0
     fig.update_layout(template=TEMPLATE, barmode="group", legend=dict(orientation="h", y=-0.12), title=(
         f"{title}: level {record.level}, step {record.step}, row {row}; lr = {lr:.3g}, ||x||^2 = "
         f"{float(record.x_sq[row]):.3g}, a = lr / (1 + lr ||x||^2) = {m.a:.3g}"))
+    return fig
+
+
+# ---------------------------------------------------------------------------- notebook experiments
+# Figures of the notebooks' small experiments (04 surprise, 05 continual learning): pure
+# functions of arrays and tables the notebooks compute, so the notebooks hold no figure code.
+__all__ += ["CATEGORY_COLOURS", "surprise_check_figure", "seed_curves_figure", "seed_summary_figure",
+            "image_strip_figure", "forgetting_curves_figure", "level_drift_figure"]
+
+# ColorBrewer Dark2 (plotly.colors.qualitative.Dark2): categories that are not levels (tasks, conditions).
+CATEGORY_COLOURS = ("#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666")
+
+
+def _category_colour(i: int, name: str, colours: Mapping[str, str] | None) -> str:
+    if colours is not None and name in colours:
+        return colours[name]
+    return CATEGORY_COLOURS[i % len(CATEGORY_COLOURS)]
+
+
+def surprise_check_figure(reference: Sequence[Any], captured: Sequence[Any],
+                          periods: Sequence[int] | None = None) -> go.Figure:
+    """Captured surprise u_l against a reference (autograd's dL/dy_l), every entry of every
+    level as one point: on the diagonal when they agree. The title gives the largest |difference|."""
+    if len(reference) != len(captured):
+        raise ValueError(f"captured: must hold one tensor per level ({len(reference)}), got {len(captured)}")
+    title = "Captured u_l = dL/dy_l against autograd"
+    if not reference:
+        return _empty(title)
+    ref = [np.asarray(getattr(r, "detach", lambda: r)(), dtype=np.float64).ravel() for r in reference]
+    cap = [np.asarray(getattr(c, "detach", lambda: c)(), dtype=np.float64).ravel() for c in captured]
+    for l, (r, c) in enumerate(zip(ref, cap), start=1):
+        if r.shape != c.shape:
+            raise ValueError(f"captured[{l - 1}]: shape {c.shape} differs from the reference's {r.shape}")
+    max_diff = max(float(np.max(np.abs(r - c))) if r.size else 0.0 for r, c in zip(ref, cap))
+    fig = go.Figure()
+    for l, (r, c) in enumerate(zip(ref, cap), start=1):
+        label = level_label(l, periods)
+        fig.add_trace(go.Scatter(x=r, y=c, mode="markers", name=label, marker=dict(color=level_colour(l), size=6),
+                                 hovertemplate=f"{label}<br>autograd %{{x:.4g}}<br>captured %{{y:.4g}}<extra></extra>"))
+    lo, hi = min(float(r.min()) for r in ref if r.size), max(float(r.max()) for r in ref if r.size)
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="captured = autograd",
+                             line=dict(color="#888888", dash="dot", width=1), hoverinfo="skip"))
+    fig.update_xaxes(title_text="torch.autograd.grad(L, y_l), each entry")
+    fig.update_yaxes(title_text="u_l captured by nlviz, same entry")
+    fig.update_layout(template=TEMPLATE, title=f"{title}: max |difference| = {max_diff:.1e}", legend_title_text="level")
+    return fig
+
+
+def _trailing_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """Mean over the last `window` columns, for each column from window - 1 on: (S, T - window + 1)."""
+    c = np.cumsum(np.pad(values, ((0, 0), (1, 0))), axis=1)
+    return (c[:, window:] - c[:, :-window]) / window
+
+
+def seed_curves_figure(curves: Mapping[str, Any], x: Sequence[float] | None = None, window: int = 1,
+                       title: str = "Mean over seeds (line) and their range (band)", y_title: str = "value",
+                       x_title: str = "step t", log_y: bool = False,
+                       colours: Mapping[str, str] | None = None) -> go.Figure:
+    """One curve per condition, each given as an array (seeds, T): the mean over seeds as a
+    line and the band from the lowest to the highest seed. window > 1 first takes a trailing
+    mean over that many points (the first window - 1 points are dropped, not padded)."""
+    if not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"window: must be an integer >= 1, got {window!r}")
+    if not curves:
+        return _empty(title)
+    fig = go.Figure()
+    for i, (name, values) in enumerate(curves.items()):
+        v = np.asarray(values, dtype=np.float64)
+        if v.ndim != 2:
+            raise ValueError(f"curves[{name!r}]: must be an array (seeds, T), got shape {v.shape}")
+        steps = np.arange(1, v.shape[1] + 1) if x is None else np.asarray(x)
+        if len(steps) != v.shape[1]:
+            raise ValueError(f"x: must have one value per column ({v.shape[1]}), got {len(steps)}")
+        if window > v.shape[1]:
+            raise ValueError(f"window: {window} is longer than curves[{name!r}] ({v.shape[1]} points)")
+        if window > 1:
+            v, steps = _trailing_mean(v, window), steps[window - 1:]
+        colour, n = _category_colour(i, name, colours), len(v)
+        fig.add_trace(go.Scatter(x=steps, y=v.max(0), mode="lines", line=dict(width=0, color=colour), legendgroup=name,
+                                 showlegend=False, name=f"{name} highest seed", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=steps, y=v.min(0), mode="lines", line=dict(width=0, color=colour), fill="tonexty",
+                                 fillcolor=_rgba(colour, 0.18), legendgroup=name, showlegend=False,
+                                 name=f"{name} lowest seed", hoverinfo="skip"))
+        fig.add_trace(go.Scatter(x=steps, y=v.mean(0), mode="lines", line=dict(color=colour, width=1.8), legendgroup=name,
+                                 name=f"{name} ({n} seeds)",
+                                 hovertemplate=f"{name}<br>{x_title} %{{x}}<br>mean %{{y:.4g}}<extra></extra>"))
+    note = f" (trailing mean over {window} points)" if window > 1 else ""
+    fig.update_xaxes(title_text=x_title)
+    fig.update_yaxes(title_text=y_title + note, type="log" if log_y else "linear")
+    fig.update_layout(template=TEMPLATE, title=title, hovermode="closest")
+    return fig
+
+
+def seed_summary_figure(table: pd.DataFrame, by: str, metrics: Mapping[str, str] | Sequence[str], seed: str = "seed",
+                        title: str = "Mean over seeds (bar), standard deviation (error bar) and each seed (dot)",
+                        y_title: str | None = None, log_y: bool = False, y_range: Sequence[float] | None = None,
+                        colours: Mapping[str, str] | None = None) -> go.Figure:
+    """One panel per metric (a column of `table`, one row per run): for each group of `by`,
+    in the table's order, a bar at the mean over its rows, an error bar of their standard
+    deviation (pandas' std, n - 1; none for a single row) and one dot per run (hover: its seed)."""
+    labels = dict(metrics) if isinstance(metrics, Mapping) else {m: m for m in metrics}
+    missing = [c for c in [by, seed, *labels] if c not in table.columns]
+    if missing:
+        raise ValueError(f"table: has no column {missing[0]!r}; columns: {', '.join(map(str, table.columns))}")
+    if not len(table) or not labels:
+        return _empty(title)
+    groups = list(pd.unique(table[by]))
+    fig = make_subplots(rows=1, cols=len(labels), subplot_titles=list(labels.values()), horizontal_spacing=0.08)
+    for col, metric in enumerate(labels, start=1):
+        for i, g in enumerate(groups):
+            rows = table[table[by] == g]
+            values = pd.to_numeric(rows[metric], errors="coerce").to_numpy(np.float64)
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            colour, name = _category_colour(i, str(g), colours), str(g)
+            fig.add_trace(go.Bar(x=[name], y=[float(np.mean(values))], error_y=dict(type="data", array=[std]),
+                                 name=name, legendgroup=name, showlegend=col == 1, marker=dict(color=_rgba(colour, 0.55)),
+                                 hovertemplate=f"{name}<br>mean %{{y:.4g}} +- {std:.3g}<extra></extra>"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=[name] * len(values), y=values, customdata=rows[seed].to_numpy(), mode="markers",
+                                     name=f"{name} seeds", legendgroup=name, showlegend=False,
+                                     marker=dict(color=colour, size=7, line=dict(color="white", width=1)),
+                                     hovertemplate=f"{name}<br>seed %{{customdata}}: %{{y:.4g}}<extra></extra>"),
+                          row=1, col=col)
+        fig.update_yaxes(type="log" if log_y else "linear", row=1, col=col,
+                         **({"range": list(y_range)} if y_range is not None else {}))
+    if y_title:
+        fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, barmode="overlay", hovermode="closest")
+    return fig
+
+
+def image_strip_figure(images: Sequence[Any], labels: Sequence[str], title: str = "",
+                       colorscale: str = "gray_r", height: int = 220) -> go.Figure:
+    """Small images side by side, row 0 at the top, each with its label above it."""
+    if len(images) != len(labels):
+        raise ValueError(f"labels: must name each of the {len(images)} images, got {len(labels)}")
+    if not len(images):
+        return _empty(title)
+    fig = make_subplots(rows=1, cols=len(images), horizontal_spacing=0.01, subplot_titles=list(labels))
+    for c, (img, label) in enumerate(zip(images, labels), start=1):
+        fig.add_trace(go.Heatmap(z=np.asarray(img, dtype=np.float64), colorscale=colorscale, showscale=False, name=label,
+                                 hovertemplate=f"{label}<br>row %{{y}}, column %{{x}}: %{{z:.3g}}<extra></extra>"),
+                      row=1, col=c)
+        fig.update_yaxes(autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
+    fig.update_xaxes(visible=False).update_yaxes(visible=False)
+    fig.update_layout(template=TEMPLATE, height=height, title=title)
+    return fig
+
+
+def forgetting_curves_figure(acc_by_model: Mapping[str, Any], task_labels: Sequence[str],
+                             title: str = "Forgetting curves: accuracy on each task as later tasks are trained"
+                             ) -> go.Figure:
+    """One panel per model. acc[k, i] is the accuracy on task i after training task k (K, K),
+    defined for i <= k; task i's curve runs from k = i (just learned) to the last task."""
+    if not acc_by_model:
+        return _empty(title)
+    fig = make_subplots(rows=1, cols=len(acc_by_model), shared_yaxes=True, subplot_titles=list(acc_by_model),
+                        horizontal_spacing=0.05)
+    for col, (model, acc) in enumerate(acc_by_model.items(), start=1):
+        a = np.asarray(acc, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] != len(task_labels):
+            raise ValueError(f"acc_by_model[{model!r}]: must be ({len(task_labels)}, {len(task_labels)}), got {a.shape}")
+        n = len(a)
+        for i, label in enumerate(task_labels):
+            colour = CATEGORY_COLOURS[i % len(CATEGORY_COLOURS)]
+            fig.add_trace(go.Scatter(x=np.arange(i + 1, n + 1), y=a[i:, i], mode="lines+markers", name=label,
+                                     legendgroup=str(i), showlegend=col == 1, line=dict(color=colour),
+                                     hovertemplate=f"{model}<br>{label}<br>after task %{{x}}: %{{y:.3g}}<extra></extra>"),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="tasks trained so far", dtick=1).update_yaxes(range=[-0.03, 1.03])
+    fig.update_yaxes(title_text="test accuracy on the task", row=1, col=1)
+    fig.update_layout(template=TEMPLATE, title=title, hovermode="closest")
+    return fig
+
+
+def level_drift_figure(drift: Any, periods: Sequence[int], task_labels: Sequence[str] | None = None,
+                       log_y: bool = True,
+                       title: str = "How far each level's parameters move during each task") -> go.Figure:
+    """drift[k, l] = ||theta_l at the end of task k - theta_l at its start|| (K, L): one bar
+    per level and task, grouped by task, in the level's colour."""
+    d = np.asarray(drift, dtype=np.float64)
+    if d.ndim != 2 or d.shape[1] != len(periods):
+        raise ValueError(f"drift: must be (tasks, {len(periods)} levels), got shape {d.shape}")
+    labels = list(task_labels) if task_labels is not None else [f"task {k + 1}" for k in range(len(d))]
+    if len(labels) != len(d):
+        raise ValueError(f"task_labels: must name each of the {len(d)} tasks, got {len(labels)}")
+    if not d.size:
+        return _empty(title)
+    fig = go.Figure()
+    for l in range(d.shape[1]):
+        name = level_label(l + 1, periods)
+        fig.add_trace(go.Bar(x=labels, y=d[:, l], name=name, marker_color=level_colour(l + 1),
+                             hovertemplate=f"{name}<br>%{{x}}: %{{y:.4g}}<extra></extra>"))
+    log = " (log)" if log_y else ""
+    fig.update_yaxes(title_text=f"||theta_end - theta_start||{log}", type="log" if log_y else "linear")
+    fig.update_xaxes(title_text="task trained")
+    fig.update_layout(template=TEMPLATE, barmode="group", title=title, legend_title_text="level")
     return fig

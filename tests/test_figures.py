@@ -427,3 +427,120 @@ def test_a_long_series_is_drawn_with_webgl_and_without_dropping_points():
     short = loss_figure(scalars.iloc[:100])
     assert isinstance(short.data[0], go.Scatter) and not isinstance(short.data[0], go.Scattergl)
 
+
+
+# ---------------------------------------------------------------------------- notebook experiment figures
+from nlviz.figures import (CATEGORY_COLOURS, forgetting_curves_figure, image_strip_figure,  # noqa: E402
+                           level_drift_figure, seed_curves_figure, seed_summary_figure, surprise_check_figure)
+
+from conftest import reference_step  # noqa: E402
+
+
+def test_surprise_check_figure_puts_captured_against_autograd_entry_by_entry():
+    trainer = Trainer(tiny_config(PERIODS))
+    trainer.step()
+    _, loss, _, traces = reference_step(trainer)
+    reference = torch.autograd.grad(loss, [tr.y for tr in traces])
+    captured = trainer.step().surprise
+    fig = surprise_check_figure(reference, captured, PERIODS)
+    for l in range(len(PERIODS)):
+        trace = _trace(fig, f"level {l + 1} (C={PERIODS[l]})")
+        np.testing.assert_array_equal(trace.x, reference[l].numpy().ravel())
+        np.testing.assert_array_equal(trace.y, captured[l].numpy().ravel())
+        assert trace.marker.color == level_colour(l + 1)
+    worst = max(float((r - c).abs().max()) for r, c in zip(reference, captured))
+    assert fig.layout.title.text.endswith(f"max |difference| = {worst:.1e}") and worst < 1e-6
+    shifted = surprise_check_figure([np.zeros(3)], [np.array([0.0, 0.5, 0.0])])
+    assert shifted.layout.title.text.endswith("max |difference| = 5.0e-01")
+    with pytest.raises(ValueError, match="captured"):
+        surprise_check_figure(reference, captured[:2])
+    with pytest.raises(ValueError, match="shape"):
+        surprise_check_figure([np.zeros(3)], [np.zeros(4)])
+
+
+def test_seed_curves_figure_draws_the_mean_and_the_range_of_the_trailing_means():
+    rng = np.random.default_rng(0)
+    curves = {"off": rng.normal(size=(3, 20)), "on": rng.normal(size=(3, 20)) + 5}
+    steps = np.arange(10, 210, 10)
+    fig = seed_curves_figure(curves, x=steps, window=5, colours={"on": "#009E73"})
+    for name, values in curves.items():
+        smooth = np.stack([np.convolve(v, np.ones(5) / 5, mode="valid") for v in values])  # (3, 16)
+        mean = _trace(fig, f"{name} (3 seeds)")
+        np.testing.assert_array_equal(mean.x, steps[4:])
+        np.testing.assert_allclose(mean.y, smooth.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(_trace(fig, f"{name} highest seed").y, smooth.max(0), atol=1e-12)
+        np.testing.assert_allclose(_trace(fig, f"{name} lowest seed").y, smooth.min(0), atol=1e-12)
+    assert _trace(fig, "on (3 seeds)").line.color == "#009E73"
+    assert _trace(fig, "off (3 seeds)").line.color == CATEGORY_COLOURS[0]
+    raw = seed_curves_figure({"off": curves["off"]})
+    np.testing.assert_array_equal(_trace(raw, "off (3 seeds)").x, np.arange(1, 21))
+    np.testing.assert_array_equal(_trace(raw, "off (3 seeds)").y, curves["off"].mean(0))
+    for bad in (dict(window=0), dict(window=21), dict(x=steps[:5])):
+        with pytest.raises(ValueError):
+            seed_curves_figure(curves, **bad)
+    assert _no_data(seed_curves_figure({}))
+
+
+def test_seed_summary_figure_bars_are_means_error_bars_stds_and_dots_the_runs():
+    table = pd.DataFrame(dict(model=["b", "b", "b", "a", "a", "c"], seed=[0, 1, 2, 0, 1, 0],
+                              acc=[0.1, 0.2, 0.6, 0.5, 0.7, 0.3], loss=[1.0, 2.0, 3.0, 4.0, 6.0, 5.0]))
+    fig = seed_summary_figure(table, by="model", metrics={"acc": "accuracy", "loss": "the loss"}, y_title="value")
+    assert [a.text for a in fig.layout.annotations] == ["accuracy", "the loss"]
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    assert [b.name for b in bars] == ["b", "a", "c", "b", "a", "c"]  # the table's order, per panel
+    for bar in bars:
+        metric = "acc" if bar.xaxis == "x" else "loss"
+        rows = table[table.model == bar.name]
+        assert bar.y[0] == pytest.approx(rows[metric].mean())
+        assert bar.error_y.array[0] == pytest.approx(rows[metric].std() if len(rows) > 1 else 0.0)  # pandas: n - 1
+        dots = [t for t in fig.data if t.name == f"{bar.name} seeds" and t.xaxis == bar.xaxis]
+        assert len(dots) == 1
+        np.testing.assert_array_equal(dots[0].y, rows[metric].to_numpy())
+        np.testing.assert_array_equal(dots[0].customdata, rows.seed.to_numpy())
+    assert [b.showlegend for b in bars] == [True] * 3 + [False] * 3
+    assert fig.layout.yaxis.title.text == "value"
+    logged = seed_summary_figure(table, by="model", metrics=["loss"], log_y=True, colours={"a": "#123456"})
+    assert logged.layout.yaxis.type == "log" and _trace(logged, "a seeds").marker.color == "#123456"
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        seed_summary_figure(table, by="model", metrics=["nope"])
+
+
+def test_image_strip_figure_draws_each_image_row_zero_on_top():
+    images = [np.arange(6.0).reshape(2, 3) * k for k in range(1, 4)]
+    fig = image_strip_figure(images, ["one", "two", "three"], title="strip")
+    assert [t.name for t in fig.data] == ["one", "two", "three"]
+    for trace, img in zip(fig.data, images):
+        np.testing.assert_array_equal(trace.z, img)
+    assert all(fig.layout[f"yaxis{i if i > 1 else ''}"].autorange == "reversed" for i in (1, 2, 3))
+    with pytest.raises(ValueError, match="labels"):
+        image_strip_figure(images, ["one"])
+
+
+def test_forgetting_curves_follow_each_task_from_when_it_was_learned():
+    acc = np.array([[1.0, np.nan, np.nan], [0.4, 0.9, np.nan], [0.1, 0.3, 0.8]])
+    labels = ["task 1", "task 2", "task 3"]
+    fig = forgetting_curves_figure({"one": acc, "two": 1 - np.nan_to_num(acc)}, labels)
+    assert len(fig.data) == 6 and [a.text for a in fig.layout.annotations] == ["one", "two"]
+    for i, label in enumerate(labels):
+        one, two = [t for t in fig.data if t.name == label]
+        np.testing.assert_array_equal(one.x, np.arange(i + 1, 4))
+        np.testing.assert_array_equal(one.y, acc[i:, i])  # never the undefined entries above the diagonal
+        np.testing.assert_array_equal(two.y, 1 - acc[i:, i])
+        assert one.line.color == two.line.color == CATEGORY_COLOURS[i] and one.showlegend and not two.showlegend
+    with pytest.raises(ValueError, match="acc_by_model"):
+        forgetting_curves_figure({"one": acc[:2, :2]}, labels)
+
+
+def test_level_drift_figure_has_one_bar_per_level_and_task():
+    drift = np.array([[2.5, 0.9, 0.3], [4.0, 0.6, 0.1]])
+    fig = level_drift_figure(drift, (1, 8, 64))
+    assert [t.name for t in fig.data] == ["level 1 (C=1)", "level 2 (C=8)", "level 3 (C=64)"]
+    for l, trace in enumerate(fig.data):
+        np.testing.assert_array_equal(trace.y, drift[:, l])
+        assert list(trace.x) == ["task 1", "task 2"] and trace.marker.color == level_colour(l + 1)
+    assert fig.layout.yaxis.type == "log" and fig.layout.barmode == "group"
+    assert level_drift_figure(drift, (1, 8, 64), log_y=False).layout.yaxis.type == "linear"
+    with pytest.raises(ValueError, match="drift"):
+        level_drift_figure(drift, (1, 8))
+    with pytest.raises(ValueError, match="task_labels"):
+        level_drift_figure(drift, (1, 8, 64), task_labels=["only one"])
