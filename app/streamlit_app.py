@@ -13,4 +13,5 @@ st.navigation([
     st.Page("views/live.py", title="Live run", url_path="live"),
     st.Page("views/equations.py", title="Equations 25-29", url_path="equations"),
     st.Page("views/runs.py", title="Runs", url_path="runs"),
+    st.Page("views/results.py", title="Results", url_path="results"),
 ]).run()

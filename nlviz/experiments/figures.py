@@ -1,0 +1,228 @@
+"""Figures of the experiments: pure functions from a result (the JSON dict) to plotly figures.
+
+`build(result)` returns {file stem: Figure} for any experiment; the CLI writes them as HTML
+(and PNG) and the dashboard's Results page draws them from result.json, so both always show
+the same thing. Looks come from `nlviz.figures` (TEMPLATE, level colours and labels, the
+Hebbian and delta colours). Means are drawn as lines or bars, 95% t intervals over seeds as
+bands or error bars; nothing here reads files or computes a statistic.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .. import figures as looks
+
+__all__ = ["build", "BUILDERS", "CONDITION_COLOURS"]
+
+# Conditions that are not levels (models, rules, ablations) cycle through these, in order.
+CONDITION_COLOURS = ("#333333",) + looks.LEVEL_COLOURS
+LSQ_COLOUR = "#888888"
+
+
+def _translucent(colour: str, alpha: float) -> str:
+    """'#RRGGBB' as an rgba() string with the given opacity (interval bands)."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _band(fig: go.Figure, x: Sequence, curve: dict[str, list], name: str, colour: str, dash: str = "solid",
+          row: int | None = None, col: int | None = None) -> None:
+    """A mean line with its interval as a shaded band (skipped where the interval is unknown)."""
+    where = {} if row is None else {"row": row, "col": col}
+    lo, hi = curve.get("lo"), curve.get("hi")
+    if lo is not None and all(v is not None for v in lo + hi):
+        fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself",
+                                 fillcolor=_translucent(colour, 0.15), line=dict(width=0), hoverinfo="skip",
+                                 showlegend=False, legendgroup=name, name=f"{name} 95% interval"), **where)
+    fig.add_trace(go.Scatter(x=list(x), y=curve["mean"], mode="lines+markers", name=name, legendgroup=name,
+                             line=dict(color=colour, dash=dash)), **where)
+
+
+def _title(result: dict[str, Any], text: str) -> str:
+    seeds = len(result["seeds"])
+    quick = ", --quick" if result.get("quick") else ""
+    return f"{text}<br><sup>mean over {seeds} seed{'s' if seeds != 1 else ''} with 95% t interval{quick}</sup>"
+
+
+def _error_bars(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return dict(type="data", array=[v["ci95"] or 0 for v in values], visible=all(v["ci95"] is not None for v in values))
+
+
+# ---------------------------------------------------------------------------- capacity
+def capacity_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
+    data = result["data"]
+    colours = {"hebbian": looks.RULE_COLOURS["hebbian"], "delta": looks.RULE_COLOURS["delta"],
+               "least_squares": LSQ_COLOUR}
+    names = {"hebbian": "Hebbian (Eq 26)", "delta": "delta rule (Eq 27-29)", "least_squares": "least squares (floor)"}
+    y_title = "recall error  mean ||W k - v||^2 / mean ||v||^2"
+    out = {}
+    for key, x, x_title, text in (
+        ("by_pairs", data["pairs"], f"pairs stored n (key width d = {data['width']})",
+         f"Recall as the number of pairs passes the width d = {data['width']} (uncorrelated keys)"),
+        ("by_correlation", data["correlations"], "pairwise key cosine (make_pairs correlation)",
+         f"Recall of {data['pairs_for_correlation']} pairs as the keys grow correlated"),
+    ):
+        fig = go.Figure()
+        for rule in ("hebbian", "delta", "least_squares"):
+            _band(fig, x, data[key][rule], names[rule], colours[rule], "dot" if rule == "least_squares" else "solid")
+        if key == "by_pairs":
+            fig.add_vline(x=data["width"], line=dict(color="#888888", dash="dot"))
+        fig.update_layout(template=looks.TEMPLATE, title=_title(result, text), xaxis_title=x_title, yaxis_title=y_title)
+        out[f"recall_{key.removeprefix('by_')}"] = fig
+    fig = go.Figure()
+    _band(fig, data["long_sweeps"], data["delta_by_sweeps"], names["delta"], colours["delta"])
+    fig.update_layout(template=looks.TEMPLATE, yaxis=dict(type="log", title=y_title + " (log)"),
+                      xaxis=dict(type="log", title="passes over the pairs (log)"),
+                      title=_title(result, f"The delta rule at n = d = {data['width']} pairs: error against passes"))
+    out["delta_sweeps"] = fig
+    return out
+
+
+# ---------------------------------------------------------------------------- continual
+def _per_task(result: dict[str, Any], key: str, y_title: str, text: str) -> go.Figure:
+    data = result["data"]
+    fig = go.Figure()
+    for i, name in enumerate(data["models"]):
+        curve = data["curves"][name][key]
+        keep = [j for j, m in enumerate(curve["mean"]) if m is not None]  # forgetting starts after task 2
+        part = {k: [curve[k][j] for j in keep] if curve[k] is not None else None for k in ("mean", "lo", "hi")}
+        _band(fig, [data["tasks"][j] for j in keep], part, name, CONDITION_COLOURS[i % len(CONDITION_COLOURS)])
+    fig.update_layout(template=looks.TEMPLATE, title=_title(result, text),
+                      yaxis=dict(title=y_title, range=[-0.03, 1.03]),
+                      xaxis=dict(title="tasks trained so far", dtick=1))
+    return fig
+
+
+def _final_bars(result: dict[str, Any], metrics: Sequence[str], text: str) -> go.Figure:
+    """Grouped bars: one group per metric, one bar per condition, 95% intervals as error bars."""
+    rows = result["summary"]
+    conditions = list(dict.fromkeys(r["condition"] for r in rows if r["metric"] in metrics))
+    fig = go.Figure()
+    for i, name in enumerate(conditions):
+        values = [next(r for r in rows if r["condition"] == name and r["metric"] == m) for m in metrics]
+        fig.add_trace(go.Bar(x=list(metrics), y=[v["mean"] for v in values], name=name, error_y=_error_bars(values),
+                             marker_color=CONDITION_COLOURS[i % len(CONDITION_COLOURS)]))
+    fig.update_layout(template=looks.TEMPLATE, barmode="group", title=_title(result, text))
+    return fig
+
+
+def continual_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
+    return {
+        "average_accuracy": _per_task(result, "average_accuracy", "average accuracy over the tasks seen",
+                                      "Class-incremental digits: average accuracy after each task"),
+        "forgetting": _per_task(result, "forgetting", "average forgetting (best before - now)",
+                                "Class-incremental digits: average forgetting after each task"),
+        "final": _final_bars(result, ("final average accuracy", "final average forgetting"),
+                             "After the last task: average accuracy and forgetting"),
+    }
+
+
+# ---------------------------------------------------------------------------- levels
+def _levels_metric(result: dict[str, Any], metric: str, log: bool) -> go.Figure:
+    """The metric against the number of levels, one line per lowest period P (one level starts every line)."""
+    rows = {r["condition"]: r for r in result["summary"] if r["metric"] == result["data"]["metrics"][metric]}
+    conds = result["data"]["conditions"]
+    one = [c for c in conds if c["levels"] == 1]
+    fig = go.Figure()
+    for i, lowest in enumerate(sorted({c["lowest_period"] for c in conds if c["levels"] > 1})):
+        line = one + [c for c in conds if c["lowest_period"] == lowest and c["levels"] > 1]
+        values = [rows[c["label"]] for c in line]
+        fig.add_trace(go.Scatter(x=[c["levels"] for c in line], y=[v["mean"] for v in values], mode="lines+markers",
+                                 name=f"slowest period P = {lowest}", error_y=_error_bars(values),
+                                 line=dict(color=looks.LEVEL_COLOURS[i % len(looks.LEVEL_COLOURS)]),
+                                 text=[c["label"] for c in line], hovertemplate="%{text}: %{y:.4g}<extra></extra>"))
+    label = result["data"]["metrics"][metric]
+    fig.update_layout(template=looks.TEMPLATE, title=_title(result, f"{label} against the number of levels"),
+                      xaxis=dict(title="levels k (same parameter count)", dtick=1),
+                      yaxis=dict(title=label + (" (log)" if log else ""), type="log" if log else "linear"))
+    return fig
+
+
+def levels_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
+    return {
+        "multiscale_mse": _levels_metric(result, "mse", log=True),
+        "multiscale_mse_vs_slow": _levels_metric(result, "mse_vs_slow_only", log=True),
+        "digits_accuracy": _levels_metric(result, "average_accuracy", log=False),
+        "digits_forgetting": _levels_metric(result, "forgetting", log=False),
+    }
+
+
+# ---------------------------------------------------------------------------- ablation
+def ablation_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
+    rows = [r for r in result["summary"] if r["metric"] == "multiscale MSE (2nd half)"]
+    fig = go.Figure(go.Bar(x=[r["mean"] for r in rows], y=[r["condition"] for r in rows], orientation="h",
+                           error_x=_error_bars(rows),
+                           marker_color=[CONDITION_COLOURS[0]] + [looks.LEVEL_COLOURS[0]] * (len(rows) - 1)))
+    full = rows[0]["mean"]
+    if full is not None:
+        fig.add_vline(x=full, line=dict(color="#888888", dash="dot"))
+    fig.update_layout(template=looks.TEMPLATE, title=_title(result, "Ablations: multiscale MSE over the second half"),
+                      xaxis_title="MSE (lower is better; dotted: the full model)", yaxis=dict(autorange="reversed"),
+                      height=120 + 40 * len(rows))
+    return {"ablation_mse": fig}
+
+
+# ---------------------------------------------------------------------------- co2
+def co2_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
+    data = result["data"]
+    names = data["models"]
+    seed = data["seed_shown"]
+    contrib = make_subplots(rows=len(names), cols=1, shared_xaxes=True, subplot_titles=names, vertical_spacing=0.08)
+    spectra = make_subplots(rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names)
+    for i, name in enumerate(names, start=1):
+        periods = data["periods"][name]
+        contrib.add_trace(go.Scatter(x=data["dates"], y=data["target"], name="CO2 (standardised)", legendgroup="target",
+                                     showlegend=i == 1, line=dict(color=looks.MODEL_COLOUR, width=1)), row=i, col=1)
+        for l, values in enumerate(data["contributions"][name], start=1):
+            label = f"{looks.level_label(l, periods)} contribution"
+            contrib.add_trace(go.Scatter(x=data["dates"], y=values, name=label, legendgroup=f"{name}{l}",
+                                         line=dict(color=looks.level_colour(l), width=1)), row=i, col=1)
+            spectra.add_trace(go.Scatter(x=data["spectra"][name]["freq"], y=data["spectra"][name]["power"][l - 1],
+                                         name=f"{name}: {looks.level_label(l, periods)}", mode="lines",
+                                         line=dict(color=looks.level_colour(l), dash="solid" if i == 1 else "dot")),
+                              row=1, col=i)
+        for f in (1, 2):
+            spectra.add_vline(x=f, line=dict(color="#888888", dash="dot"), row=1, col=i)
+    contrib.update_layout(template=looks.TEMPLATE, height=300 * len(names),
+                          title=f"Each level's contribution to the prediction during the last pass (seed {seed})")
+    spectra.update_yaxes(type="log", title_text="share of the contribution's power", row=1, col=1)
+    spectra.update_xaxes(title_text="cycles per year")
+    spectra.update_layout(template=looks.TEMPLATE,
+                          title=f"Frequency content of each level's contribution (seed {seed})")
+    rows = [r for r in result["summary"] if "share" in r["metric"]]
+    shares = go.Figure()
+    for i, metric in enumerate(("seasonal share of power", "low-frequency share of power")):
+        part = [r for r in rows if r["metric"] == metric]
+        shares.add_trace(go.Bar(x=[r["condition"] for r in part], y=[r["mean"] for r in part], name=metric,
+                                error_y=_error_bars(part), marker_color=looks.LEVEL_COLOURS[i + 4]))
+    shares.add_hline(y=data["target_shares"]["seasonal"], line=dict(color=looks.LEVEL_COLOURS[4], dash="dot"))
+    shares.add_hline(y=data["target_shares"]["low"], line=dict(color=looks.LEVEL_COLOURS[5], dash="dot"))
+    shares.update_layout(template=looks.TEMPLATE, barmode="group", yaxis=dict(title="share of power", range=[0, 1]),
+                         title=_title(result, "Seasonal and low-frequency shares per level (dotted: the CO2 series)"))
+    carried = go.Figure()
+    for i, metric in enumerate(("share of the trend carried", "share of the season carried")):
+        part = [r for r in result["summary"] if r["metric"] == metric]
+        carried.add_trace(go.Bar(x=[r["condition"] for r in part], y=[r["mean"] for r in part], name=metric,
+                                 error_y=_error_bars(part), marker_color=looks.LEVEL_COLOURS[i]))
+    carried.update_layout(template=looks.TEMPLATE, barmode="group", yaxis_title="least-squares coefficient",
+                          title=_title(result, "What each level carries: its contribution regressed on STL trend "
+                                               "and season"))
+    return {"contributions": contrib, "spectra": spectra, "shares": shares, "carried": carried}
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, go.Figure]]] = {
+    "capacity": capacity_figures,
+    "continual": continual_figures,
+    "levels": levels_figures,
+    "ablation": ablation_figures,
+    "co2": co2_figures,
+}
+
+
+def build(result: dict[str, Any]) -> dict[str, go.Figure]:
+    """Every figure of a result, by file stem."""
+    return BUILDERS[result["experiment"]](result)
