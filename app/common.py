@@ -23,7 +23,11 @@ from nlviz.store import RunInfo, RunReader, list_runs
 
 PLOT_POINTS = 1000  # points per series a plot asks for; the store decimates, keeping extremes
 CLOCK_EVENTS = figures.BAND_EVENTS  # events per level drawn one by one; a level with more is drawn as a band
-REFRESH_S = 0.5  # how often live panels re-read the store (the writer commits twice a second)
+REFRESH_S = 0.5  # how often the Step metric and the loss re-read the store (the writer commits twice a second)
+LEVELS_REFRESH_S = 1.0  # how often the per-level panels and heatmaps do (the issue asks at least once a second)
+# Niceness added to the dashboard's training processes: on a machine with few cores the server
+# and the browser drawing the page come first (docs/benchmarks.md measures what it costs the run).
+TRAIN_NICE = int(os.environ.get("NLVIZ_TRAIN_NICE", "10"))
 
 
 def runs_dir() -> Path:
@@ -38,7 +42,7 @@ def registry() -> RunRegistry:
 
 @st.cache_resource
 def _registry(parent: str) -> RunRegistry:
-    return RunRegistry(parent=parent)
+    return RunRegistry(parent=parent, nice=TRAIN_NICE)
 
 
 def recorded_runs() -> list[RunInfo]:
@@ -172,16 +176,28 @@ def config_form(key: str):
         return None, str(e)
 
 
-def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
-    """Loss, each level's surprise with its update ticks, the level clock and update sizes."""
+def loss_panel(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
+    """The whole model's loss, over the page's full width."""
+    scalars = reader.scalars("loss", level=0, max_points=PLOT_POINTS)
+    fig = figures.loss_figure(scalars, None, periods, cursor=cursor)
+    st.plotly_chart(fig.update_layout(height=320), key=f"{key}_chart_loss")
+
+
+def level_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
+    """Each level's surprise with its update ticks, the level clock and the update sizes."""
     scalars = reader.scalars(max_points=PLOT_POINTS)
     events, busy = reader.clock_events(len(periods), CLOCK_EVENTS)
     left, right = st.columns(2)
-    left.plotly_chart(figures.loss_figure(scalars, None, periods, cursor=cursor), key=f"{key}_chart_loss")
-    right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy), key=f"{key}_chart_clock")
     left.plotly_chart(figures.surprise_figure(scalars, events, periods, cursor=cursor, busy=busy),
                       key=f"{key}_chart_surprise")
-    right.plotly_chart(figures.update_norm_figure(scalars, periods, cursor=cursor), key=f"{key}_chart_update_norm")
+    right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy), key=f"{key}_chart_clock")
+    left.plotly_chart(figures.update_norm_figure(scalars, periods, cursor=cursor), key=f"{key}_chart_update_norm")
+
+
+def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
+    """Every time panel: the loss, then the per-level panels."""
+    loss_panel(reader, periods, key, cursor)
+    level_panels(reader, periods, key, cursor)
 
 
 def heatmap_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None,

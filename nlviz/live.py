@@ -247,11 +247,14 @@ def _portable(error: BaseException) -> BaseException:
         return RuntimeError(_one_line(error))
 
 
-def _serve(directory: Path, config: TrainConfig, task: bytes | None, threads: int | None, checkpoint_every: int,
-           writer_options: dict[str, Any], commands: Connection, states: Connection, steps: Any) -> None:
+def _serve(directory: Path, config: TrainConfig, task: bytes | None, threads: int | None, nice: int,
+           checkpoint_every: int, writer_options: dict[str, Any], commands: Connection, states: Connection,
+           steps: Any) -> None:
     """The training process: build the run, report, serve commands until the run ends, report."""
     # ^C in the server's terminal reaches this process too; stopping its runs is the server's call.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)  # before any thread starts: torch's and the writer's threads inherit it
     try:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -302,7 +305,7 @@ class LiveRun:
             self._steps = context.Value("q", 0, lock=False)
             self._process = context.Process(
                 target=_serve, name=f"nlviz-live-{name}", daemon=True,
-                args=(directory.absolute(), config, task_bytes, threads, checkpoint_every, writer_options,
+                args=(directory.absolute(), config, task_bytes, threads, registry.nice, checkpoint_every, writer_options,
                       child_commands, child_states, self._steps))
             self._process.start()
         # The child now holds the only other ends: its exit reads as the end of file here.
@@ -515,13 +518,19 @@ def _remove_if_empty(directory: Path) -> None:
 class RunRegistry:
     """The live runs of one process, recorded under `parent`; thread-safe.
 
-    per_device: how many runs may be running or paused on one device type at once."""
+    per_device: how many runs may be running or paused on one device type at once.
+    nice: added to the niceness of each run's training process (0 to 19): the dashboard
+    passes a positive value so that, on a machine with few cores, the server and the
+    browser drawing the run come before the run's own CPU work."""
 
-    def __init__(self, parent: str | os.PathLike = "runs", per_device: int = 1):
+    def __init__(self, parent: str | os.PathLike = "runs", per_device: int = 1, nice: int = 0):
         if isinstance(per_device, bool) or not isinstance(per_device, int) or per_device < 1:
             raise ValueError(f"per_device: must be an integer >= 1, got {per_device!r}")
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ValueError(f"nice: must be an integer from 0 to 19, got {nice!r}")
         self.parent = Path(parent)
         self.per_device = per_device
+        self.nice = nice
         self._lock = threading.Lock()  # taken before any run's own lock, never after
         self._runs: dict[str, LiveRun] = {}  # in creation order
 

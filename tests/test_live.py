@@ -192,6 +192,22 @@ def test_per_device_allows_that_many_runs_at_once(tmp_path):
         registry.stop_all()
 
 
+def test_nice_lowers_the_training_process_priority_and_its_threads(tmp_path):
+    registry = RunRegistry(tmp_path, nice=7)
+    try:
+        run = registry.create(tiny_config(steps=10**6), scalars_every=1)
+        run.start()
+        _until(lambda: run.step_count > 5)
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        threads = list((Path("/proc") / str(run.pid) / "task").iterdir())  # the writer's thread among them
+        assert len(threads) > 1
+        for tid in threads:
+            assert os.getpriority(os.PRIO_PROCESS, int(tid.name)) == min(base + 7, 19)
+        run.stop()
+    finally:
+        registry.stop_all()
+
+
 class _BrokenTask(MultiscaleTask):
     def batch(self, t, batch_size):
         if t == 4:
@@ -276,6 +292,9 @@ def test_commands_that_make_no_sense_raise_value_errors_saying_what_is_allowed(r
         registry.create(tiny_config().to_dict())
     with pytest.raises(ValueError, match="^per_device: must be an integer >= 1, got 0$"):
         RunRegistry(tmp_path, per_device=0)
+    for bad in (-1, 20, True, 2.5):
+        with pytest.raises(ValueError, match="^nice: must be an integer from 0 to 19, got "):
+            RunRegistry(tmp_path, nice=bad)
 
 
 def test_two_threads_polling_step_count_see_it_grow(registry):

@@ -79,8 +79,10 @@ if run is None:
 live = state == "running"
 
 
+# Three fragments, so the Step metric and the loss (what a learner watches step by step) are
+# redrawn every 0.5 s without waiting for the heavier per-level panels, which follow every second.
 @st.fragment(run_every=common.REFRESH_S if live else None)
-def series() -> None:
+def pulse() -> None:
     now = run.state
     top = st.columns([1, 1.4, 2, 3], vertical_alignment="bottom")
     top[0].metric("Step", run.step_count)
@@ -91,23 +93,31 @@ def series() -> None:
         st.error(run.error)
     try:
         with common.reading(run.directory) as reader:
-            common.time_panels(reader, periods, key="live")
+            common.loss_panel(reader, periods, key="live")
     except RunStoreError as e:
         st.warning(f"The run store is not readable yet: {e}")
     if live and now != "running":
         st.rerun()  # the run paused or ended: draw the controls again once, and stop polling
 
 
-# Heatmaps change every 10 steps only, and redrawing them costs the browser more than a line
-# chart: once a second is enough (and keeps the time panels' redraws under a second).
-@st.fragment(run_every=2 * common.REFRESH_S if live else None)
+@st.fragment(run_every=common.LEVELS_REFRESH_S if live else None)
+def level_panels() -> None:
+    try:
+        with common.reading(run.directory) as reader:
+            common.level_panels(reader, periods, key="live")
+    except RunStoreError:
+        pass  # the loss panel above says so
+
+
+@st.fragment(run_every=common.LEVELS_REFRESH_S if live else None)
 def heatmaps() -> None:
     try:
         with common.reading(run.directory) as reader:
             common.heatmap_panels(reader, periods, key="live", choose_step=run.state != "running")
     except RunStoreError:
-        pass  # the time panels above say so
+        pass  # the loss panel above says so
 
 
-series()
+pulse()
+level_panels()
 heatmaps()
