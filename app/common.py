@@ -180,18 +180,23 @@ def loss_panel(reader: RunReader, periods: tuple[int, ...], key: str, cursor: in
     """The whole model's loss, over the page's full width."""
     scalars = reader.scalars("loss", level=0, max_points=PLOT_POINTS)
     fig = figures.loss_figure(scalars, None, periods, cursor=cursor)
-    st.plotly_chart(fig.update_layout(height=320), key=f"{key}_chart_loss")
+    st.plotly_chart(figures.steady(fig).update_layout(height=320), key=f"{key}_chart_loss")
 
 
 def level_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
     """Each level's surprise with its update ticks, the level clock and the update sizes."""
-    scalars = reader.scalars(max_points=PLOT_POINTS)
+    import pandas as pd
+
+    scalars = pd.concat([reader.scalars(name, max_points=PLOT_POINTS) for name in ("surprise_norm", "update_norm")])
     events, busy = reader.clock_events(len(periods), CLOCK_EVENTS)
     left, right = st.columns(2)
-    left.plotly_chart(figures.surprise_figure(scalars, events, periods, cursor=cursor, busy=busy),
+    steady = figures.steady
+    left.plotly_chart(steady(figures.surprise_figure(scalars, events, periods, cursor=cursor, busy=busy)),
                       key=f"{key}_chart_surprise")
-    right.plotly_chart(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy), key=f"{key}_chart_clock")
-    left.plotly_chart(figures.update_norm_figure(scalars, periods, cursor=cursor), key=f"{key}_chart_update_norm")
+    right.plotly_chart(steady(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy)),
+                       key=f"{key}_chart_clock")
+    left.plotly_chart(steady(figures.update_norm_figure(scalars, periods, cursor=cursor)),
+                      key=f"{key}_chart_update_norm")
 
 
 def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
@@ -223,4 +228,5 @@ def heatmap_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor
         except KeyError:
             col.info(f"No {kind} record for level {level} at step {at}.")
             continue
-        col.plotly_chart(figures.heatmap_figure(sample, f"level {level}: {title}, step {at}"), key=f"{key}_heat_{kind}")
+        fig = figures.heatmap_figure(sample, f"level {level}: {title}, step {at}")
+        col.plotly_chart(figures.steady(fig, right=90), key=f"{key}_heat_{kind}")

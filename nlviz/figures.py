@@ -56,7 +56,7 @@ __all__ = [
     "NO_DATA", "level_colour", "level_label", "periods_from_config", "add_chunk_shading", "loss_figure",
     "surprise_figure", "level_clock_figure", "update_norm_figure", "heatmap_figure", "histogram_figure",
     "objectives_figure", "eq25_figure", "MemoryUpdates", "memory_updates", "hebbian_vs_delta_figure",
-    "compare_figure", "tensor_stats_figure",
+    "compare_figure", "tensor_stats_figure", "steady",
 ]
 
 # ---------------------------------------------------------------------------- one place for looks
@@ -71,6 +71,7 @@ GL_POINTS = 5000  # a trace with more points is drawn with WebGL (Scattergl)
 # A level with more update events is drawn as one band: past a few hundred the marks are under
 # two pixels apart (unreadable), and thousands of SVG marks make a live page slow to redraw.
 BAND_EVENTS = 150
+MAX_MARKERS = 300  # a marker series with more points is drawn as a line (update sizes of fast levels)
 MAX_CHUNKS = 60  # chunk shading only for a level with at most this many chunks in view
 SHADE_OPACITY = 0.08
 NO_DATA = "no data yet"
@@ -286,7 +287,9 @@ def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_ti
     where = dict(row=1, col=1) if strip else {}
     for level, (x, y) in series.items():
         label = "loss (whole model)" if level == 0 else level_label(level, periods)
-        fig.add_trace(_line(x, y, label, level_colour(level), value_label, mode=mode,
+        # Past MAX_MARKERS points, marks merge into a line anyway, and cost a redraw far more.
+        shown = "lines" if mode == "markers" and len(x) > MAX_MARKERS else mode
+        fig.add_trace(_line(x, y, label, level_colour(level), value_label, mode=shown,
                             group=level_label(level, periods)), **where)
     if strip:
         for trace in _clock_traces(updates, periods, size=9, show_legend=False, suffix=" updates", busy=busy):
@@ -305,6 +308,16 @@ def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_ti
     _add_cursor(fig, cursor)
     fig.update_layout(template=TEMPLATE, title=title, legend_title_text="level", hovermode="closest")
     return fig
+
+
+def steady(fig: go.Figure, left: int = 70, right: int = 160, top: int = 60, bottom: int = 50) -> go.Figure:
+    """Fixed margins for a figure that is redrawn several times a second (the live page).
+
+    By default plotly measures legends, colour bars and tick labels after drawing and, if
+    they do not fit, grows the margins and draws again; profiling the live page in chromium
+    put a third of its drawing time in those passes. With fixed margins each redraw is one
+    pass; the margins given fit this package's legends and axis titles."""
+    return fig.update_layout(margin=dict(l=left, r=right, t=top, b=bottom, autoexpand=False))
 
 
 # ---------------------------------------------------------------------------- time series

@@ -192,6 +192,26 @@ def test_update_norm_figure_marks_each_measured_update(run):
     assert [s.x0 for s in _shapes(fig, "cursor")] == [3]
 
 
+def test_update_norm_figure_draws_a_busy_level_as_a_line():
+    from nlviz.figures import MAX_MARKERS
+
+    n = MAX_MARKERS + 1
+    scalars = pd.DataFrame({"step": np.r_[np.arange(1, n + 1), np.arange(8, 8 * 11, 8)], "level": [1] * n + [2] * 10,
+                            "name": "update_norm", "value": np.linspace(1, 2, n + 10)})
+    fig = update_norm_figure(scalars, (1, 8))
+    busy, sparse = _trace(fig, "level 1 (C=1)"), _trace(fig, "level 2 (C=8)")
+    assert busy.mode == "lines" and len(busy.x) == n  # every point kept, drawn as a line
+    assert sparse.mode == "markers" and len(sparse.x) == 10
+
+
+def test_steady_fixes_the_margins():
+    from nlviz.figures import steady
+
+    fig = steady(heatmap_figure(np.ones((2, 3)), "t"), right=90)
+    m = fig.layout.margin
+    assert (m.l, m.r, m.t, m.b, m.autoexpand) == (70, 90, 60, 50, False)
+
+
 def test_heatmap_of_a_recorded_sample_is_symmetric_around_zero(run):
     _, sample = run.tensor(10, 2, "activation")
     fig = heatmap_figure(sample, "y_2 at step 10")
