@@ -193,7 +193,7 @@ def level_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: 
     steady = figures.steady
     left.plotly_chart(steady(figures.surprise_figure(scalars, events, periods, cursor=cursor, busy=busy)),
                       key=f"{key}_chart_surprise")
-    right.plotly_chart(steady(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy)),
+    right.plotly_chart(steady(figures.level_clock_figure(events, periods, cursor=cursor, busy=busy), left=140),
                        key=f"{key}_chart_clock")
     left.plotly_chart(steady(figures.update_norm_figure(scalars, periods, cursor=cursor)),
                       key=f"{key}_chart_update_norm")

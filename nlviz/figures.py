@@ -345,7 +345,7 @@ def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | No
                        cursor: int | float | None = None) -> go.Figure:
     """The size ||theta_after - theta_before|| of each level's Eq 31 updates, as markers."""
     series = {l: s for l, s in _series(scalars, "update_norm").items() if l >= 1}
-    return _timeline(series, "Update size per level: ||theta_after - theta_before|| (one mark per Eq 31 update)",
+    return _timeline(series, "Update size per level (Eq 31): ||theta_after - theta_before||",
                      "||theta_after - theta_before|| (log scale)", "||delta theta||", None, periods, cursor,
                      log_y=True, mode="markers")
 
