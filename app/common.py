@@ -27,7 +27,16 @@ REFRESH_S = 0.5  # how often the Step metric and the loss re-read the store (the
 LEVELS_REFRESH_S = 1.0  # how often the per-level panels and heatmaps do (the issue asks at least once a second)
 # Niceness added to the dashboard's training processes: on a machine with few cores the server
 # and the browser drawing the page come first (docs/benchmarks.md measures what it costs the run).
-TRAIN_NICE = int(os.environ.get("NLVIZ_TRAIN_NICE", "10"))
+def train_nice() -> int:
+    """NLVIZ_TRAIN_NICE, default 10; ValueError naming the variable when it is not 0 to 19."""
+    text = os.environ.get("NLVIZ_TRAIN_NICE", "10")
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 19:
+        raise ValueError(f"NLVIZ_TRAIN_NICE: must be an integer from 0 to 19, got {text!r}")
+    return value
 
 
 def runs_dir() -> Path:
@@ -37,12 +46,18 @@ def runs_dir() -> Path:
 
 def registry() -> RunRegistry:
     """The server's one registry of runs trained by the dashboard (shared by every tab)."""
-    return _registry(str(runs_dir().resolve()))
+    try:
+        nice = train_nice()
+    except ValueError as e:
+        st.error(str(e))
+        st.stop()  # ends the page's run here
+        raise  # outside a page's run st.stop() returns
+    return _registry(str(runs_dir().resolve()), nice)
 
 
 @st.cache_resource
-def _registry(parent: str) -> RunRegistry:
-    return RunRegistry(parent=parent, nice=TRAIN_NICE)
+def _registry(parent: str, nice: int) -> RunRegistry:
+    return RunRegistry(parent=parent, nice=nice)
 
 
 def recorded_runs() -> list[RunInfo]:

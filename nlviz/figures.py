@@ -56,7 +56,9 @@ __all__ = [
     "NO_DATA", "level_colour", "level_label", "periods_from_config", "add_chunk_shading", "loss_figure",
     "surprise_figure", "level_clock_figure", "update_norm_figure", "heatmap_figure", "histogram_figure",
     "objectives_figure", "eq25_figure", "MemoryUpdates", "memory_updates", "hebbian_vs_delta_figure",
-    "compare_figure", "tensor_stats_figure", "steady",
+    "compare_figure", "tensor_stats_figure", "steady", "rgba",
+    "CATEGORY_COLOURS", "surprise_check_figure", "seed_curves_figure", "seed_summary_figure", "image_strip_figure",
+    "forgetting_curves_figure", "level_drift_figure", "multiscale_drift_figure",
 ]
 
 # ---------------------------------------------------------------------------- one place for looks
@@ -122,7 +124,8 @@ def _scatter_type(n: int) -> type:
     return go.Scattergl if n > GL_POINTS else go.Scatter
 
 
-def _rgba(colour: str, alpha: float) -> str:
+def rgba(colour: str, alpha: float) -> str:
+    """'#RRGGBB' as an rgba() string with the given opacity (shading, interval bands)."""
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
 
@@ -440,7 +443,7 @@ def tensor_stats_figure(stats: pd.DataFrame | None, kind: str, periods: Sequence
         fig.add_trace(cls(x=x, y=v["mean"] + v["std"], mode="lines", line=dict(width=0, color=colour),
                           legendgroup=group, showlegend=False, name=f"{label} mean + std", hoverinfo="skip"))
         fig.add_trace(cls(x=x, y=v["mean"] - v["std"], mode="lines", line=dict(width=0, color=colour),
-                          fill="tonexty", fillcolor=_rgba(colour, 0.2), legendgroup=group, showlegend=False,
+                          fill="tonexty", fillcolor=rgba(colour, 0.2), legendgroup=group, showlegend=False,
                           name=f"{label} mean - std", hoverinfo="skip"))
         fig.add_trace(cls(x=x, y=v["mean"], customdata=v["std"], mode="lines", line=dict(color=colour, width=1.5),
                           legendgroup=group, name=label, connectgaps=False,
@@ -602,10 +605,8 @@ def hebbian_vs_delta_figure(record: MemoryRecord | None, lr: float, row: int = 0
 
 
 # ---------------------------------------------------------------------------- notebook experiments
-# Figures of the notebooks' small experiments (04 surprise, 05 continual learning): pure
+# Figures of the notebooks' small experiments (03 CMS, 04 surprise, 05 continual learning): pure
 # functions of arrays and tables the notebooks compute, so the notebooks hold no figure code.
-__all__ += ["CATEGORY_COLOURS", "surprise_check_figure", "seed_curves_figure", "seed_summary_figure",
-            "image_strip_figure", "forgetting_curves_figure", "level_drift_figure"]
 
 # ColorBrewer Dark2 (plotly.colors.qualitative.Dark2): categories that are not levels (tasks, conditions).
 CATEGORY_COLOURS = ("#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666")
@@ -679,7 +680,7 @@ def seed_curves_figure(curves: Mapping[str, Any], x: Sequence[float] | None = No
         fig.add_trace(go.Scatter(x=steps, y=v.max(0), mode="lines", line=dict(width=0, color=colour), legendgroup=name,
                                  showlegend=False, name=f"{name} highest seed", hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=steps, y=v.min(0), mode="lines", line=dict(width=0, color=colour), fill="tonexty",
-                                 fillcolor=_rgba(colour, 0.18), legendgroup=name, showlegend=False,
+                                 fillcolor=rgba(colour, 0.18), legendgroup=name, showlegend=False,
                                  name=f"{name} lowest seed", hoverinfo="skip"))
         fig.add_trace(go.Scatter(x=steps, y=v.mean(0), mode="lines", line=dict(color=colour, width=1.8), legendgroup=name,
                                  name=f"{name} ({n} seeds)",
@@ -713,7 +714,7 @@ def seed_summary_figure(table: pd.DataFrame, by: str, metrics: Mapping[str, str]
             std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
             colour, name = _category_colour(i, str(g), colours), str(g)
             fig.add_trace(go.Bar(x=[name], y=[float(np.mean(values))], error_y=dict(type="data", array=[std]),
-                                 name=name, legendgroup=name, showlegend=col == 1, marker=dict(color=_rgba(colour, 0.55)),
+                                 name=name, legendgroup=name, showlegend=col == 1, marker=dict(color=rgba(colour, 0.55)),
                                  hovertemplate=f"{name}<br>mean %{{y:.4g}} +- {std:.3g}<extra></extra>"), row=1, col=col)
             fig.add_trace(go.Scatter(x=[name] * len(values), y=values, customdata=rows[seed].to_numpy(), mode="markers",
                                      name=f"{name} seeds", legendgroup=name, showlegend=False,
@@ -794,4 +795,22 @@ def level_drift_figure(drift: Any, periods: Sequence[int], task_labels: Sequence
     fig.update_yaxes(title_text=f"||theta_end - theta_start||{log}", type="log" if log_y else "linear")
     fig.update_xaxes(title_text="task trained")
     fig.update_layout(template=TEMPLATE, barmode="group", title=title, legend_title_text="level")
+    return fig
+
+
+def multiscale_drift_figure(task: Any, steps: Sequence[int], entry: tuple[int, int] = (0, 0),
+                            title: str = "The two drifting maps (one entry each)") -> go.Figure:
+    """One entry of a `MultiscaleTask`'s slow and fast maps, A_slow(t) and A_fast(t), at the
+    given steps: the two speeds the CMS levels are meant to track."""
+    i, j = entry
+    t = np.asarray(steps, dtype=np.int64)
+    maps = [task.components(int(s)) for s in t]
+    c = task.config
+    fig = go.Figure()
+    for k, (name, period, dash) in enumerate((("A_slow", c.slow_period, "solid"), ("A_fast", c.fast_period, "dot"))):
+        y = np.array([float(m[k][i, j]) for m in maps])
+        fig.add_trace(go.Scatter(x=t, y=np.round(y, 6), name=f"{name}(t)[{i}, {j}], period {period}", mode="lines",
+                                 line=dict(color=CATEGORY_COLOURS[k], dash=dash),
+                                 hovertemplate=f"{name}: step %{{x}}, %{{y:.4g}}<extra></extra>"))
+    fig.update_layout(template=TEMPLATE, height=320, title=title, xaxis_title="step t", yaxis_title="entry")
     return fig

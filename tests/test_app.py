@@ -185,3 +185,25 @@ def test_a_diverged_run_shows_where_and_why_and_keeps_its_data(runs):
     (error,) = at.error
     assert error.value.startswith("This run diverged: loss became non-finite at step 5")
     assert at.slider(key="runs_step").max == 5 and len(at.get("plotly_chart")) >= 4  # its data up to there
+
+
+@pytest.mark.parametrize("value", ["abc", "25", "-1"])
+def test_a_bad_training_niceness_is_one_line_on_the_page(runs, monkeypatch, value):
+    import common
+
+    monkeypatch.setenv("NLVIZ_TRAIN_NICE", value)
+    with pytest.raises(ValueError, match=rf"^NLVIZ_TRAIN_NICE: must be an integer from 0 to 19, got '{value}'$"):
+        common.train_nice()
+    at = _app("live")
+    assert not at.exception
+    assert any("NLVIZ_TRAIN_NICE: must be an integer from 0 to 19" in e.value for e in at.error)
+    monkeypatch.delenv("NLVIZ_TRAIN_NICE")  # so the fixture can stop the (absent) runs
+
+
+def test_the_training_niceness_defaults_to_ten_and_follows_the_variable(monkeypatch):
+    import common
+
+    monkeypatch.delenv("NLVIZ_TRAIN_NICE", raising=False)
+    assert common.train_nice() == 10
+    monkeypatch.setenv("NLVIZ_TRAIN_NICE", "0")
+    assert common.train_nice() == 0

@@ -275,6 +275,18 @@ def test_levels_grid_spreads_periods_geometrically(quick):
     assert all(rec["conditions"][lab]["mse"] > 0 for rec in r["per_seed"] for lab in labels)
 
 
+def test_ablation_findings_survive_a_full_model_that_diverged_on_every_seed():
+    from nlviz.experiments.common import spread
+
+    metric = "multiscale MSE (2nd half)"
+    summary = [{"condition": ablation.FULL, "metric": metric, "diverged_seeds": 3, **spread([])},
+               {"condition": "without CMS", "metric": metric, "diverged_seeds": 0, **spread([0.1, 0.2, 0.15])}]
+    assert ablation._findings(summary) == ["Full model: diverged on every seed, so no row is compared with it."]
+    summary[0].update(diverged_seeds=0, **spread([0.3, 0.32, 0.31]))
+    lines = ablation._findings(summary)
+    assert lines[0].startswith("Full model: multiscale MSE 0.31") and "better than the full model" in lines[1]
+
+
 def test_each_ablation_changes_exactly_one_thing(quick):
     s = ablation.AblationSettings()
     full, *rest = ablation.variants(s)

@@ -564,3 +564,17 @@ def test_level_drift_figure_has_one_bar_per_level_and_task():
         level_drift_figure(drift, (1, 8))
     with pytest.raises(ValueError, match="task_labels"):
         level_drift_figure(drift, (1, 8, 64), task_labels=["only one"])
+
+
+def test_multiscale_drift_figure_draws_the_tasks_maps():
+    from nlviz import MultiscaleConfig, MultiscaleTask
+    from nlviz.figures import multiscale_drift_figure
+
+    task = MultiscaleTask(MultiscaleConfig(dim=4, slow_period=400, fast_period=40))
+    fig = multiscale_drift_figure(task, [0, 10, 20, 30], entry=(1, 2))
+    slow, fast = fig.data
+    assert list(slow.x) == [0, 10, 20, 30] and "period 400" in slow.name and "period 40" in fast.name
+    for n, t in enumerate([0, 10, 20, 30]):
+        s, f = task.components(t)
+        assert slow.y[n] == pytest.approx(float(s[1, 2]), abs=1e-6) and fast.y[n] == pytest.approx(float(f[1, 2]), abs=1e-6)
+    assert fast.y[2] == pytest.approx(-fast.y[0], abs=1e-6)  # half a fast cycle later: the sign flips

@@ -27,11 +27,13 @@ st.dataframe(pd.DataFrame([{"experiment": r["experiment"], "quick": r["quick"], 
                             "directory": str(path)} for path, r in found]),
              hide_index=True, key="results_table")
 
+# One option per result directory (an experiment may have several, e.g. one written with --out).
 names = [r["experiment"] for _, r in found]
 wanted = st.query_params.get("experiment")
-name = st.selectbox("Experiment", names, index=names.index(wanted) if wanted in names else 0, key="results_experiment")
-st.query_params["experiment"] = name
-path, result = next((p, r) for p, r in found if r["experiment"] == name)
+choice = st.selectbox("Experiment", range(len(found)), index=names.index(wanted) if wanted in names else 0,
+                      format_func=lambda i: f"{names[i]} ({found[i][0]})", key="results_experiment")
+path, result = found[choice]
+st.query_params["experiment"] = result["experiment"]
 
 st.subheader(result["title"])
 st.markdown(f"**Question.** {result['question']}")
@@ -46,5 +48,10 @@ shown = [c for c in ("condition", "metric", "mean", "ci95", "std", "n", "paramet
 st.dataframe(table[shown], hide_index=True, key="results_summary")
 st.caption("mean over seeds; ci95: half-width of the 95% interval from Student's t (empty with one seed).")
 
-for stem, fig in experiment_figures.build(result).items():
+try:
+    built = experiment_figures.build(result)
+except (KeyError, TypeError, ValueError) as e:  # a result.json written by another version, or edited
+    st.error(f"figures: {path / 'result.json'} does not hold what its figures need ({type(e).__name__}: {e})")
+    st.stop()
+for stem, fig in built.items():
     st.plotly_chart(fig, key=f"results_fig_{stem}")

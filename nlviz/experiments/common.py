@@ -199,6 +199,11 @@ def _write_pngs(fig_dir: Path, figures: dict[str, Any]) -> tuple[list[str], str]
     return written, "PNG written by kaleido"
 
 
+# What the dashboard's Results page reads from a result; a file without them is not listed.
+RESULT_KEYS = frozenset({"experiment", "title", "question", "quick", "seeds", "wall_s", "finished", "machine",
+                         "findings", "summary", "png_note"})
+
+
 def load_result(path: Path) -> dict[str, Any]:
     """Read one result.json (a directory or the file itself)."""
     path = Path(path)
@@ -213,7 +218,9 @@ def list_results(parent: Path | None = None) -> list[tuple[Path, dict[str, Any]]
     found = []
     for path in sorted(parent.glob(f"*/{RESULT_NAME}")) if parent.is_dir() else []:
         try:
-            found.append((path.parent, load_result(path)))
+            result = load_result(path)
         except (OSError, ValueError):
             continue  # a result being replaced, or a foreign file: skip, never fail the page
+        if isinstance(result, dict) and RESULT_KEYS <= result.keys():
+            found.append((path.parent, result))
     return sorted(found, key=lambda item: item[1].get("finished", ""), reverse=True)

@@ -23,12 +23,6 @@ CONDITION_COLOURS = ("#333333",) + looks.LEVEL_COLOURS
 LSQ_COLOUR = "#888888"
 
 
-def _translucent(colour: str, alpha: float) -> str:
-    """'#RRGGBB' as an rgba() string with the given opacity (interval bands)."""
-    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
 def _band(fig: go.Figure, x: Sequence, curve: dict[str, list], name: str, colour: str, dash: str = "solid",
           row: int | None = None, col: int | None = None) -> None:
     """A mean line with its interval as a shaded band (skipped where the interval is unknown)."""
@@ -36,7 +30,7 @@ def _band(fig: go.Figure, x: Sequence, curve: dict[str, list], name: str, colour
     lo, hi = curve.get("lo"), curve.get("hi")
     if lo is not None and all(v is not None for v in lo + hi):
         fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself",
-                                 fillcolor=_translucent(colour, 0.15), line=dict(width=0), hoverinfo="skip",
+                                 fillcolor=looks.rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip",
                                  showlegend=False, legendgroup=name, name=f"{name} 95% interval"), **where)
     fig.add_trace(go.Scatter(x=list(x), y=curve["mean"], mode="lines+markers", name=name, legendgroup=name,
                              line=dict(color=colour, dash=dash)), **where)
