@@ -13,6 +13,12 @@ Prints one `name: ratio` line per measure (targets and latest figures: docs/benc
     trainer_vs_plain_capture    throughput, Trainer with its default capture / the plain loop
     telemetry_time              step time, Trainer (defaults) recording into the run store at
                                 its default cadence / the same Trainer without it  (<= 1.05)
+    host_syncs_per_step         CUDA only: host synchronisations per step between two sync
+                                steps (torch.cuda.set_sync_debug_mode), the trainer alone and
+                                with the run store's writer                        (0)
+
+`--autocast bf16` runs every side's forward pass under torch.autocast(bfloat16) (the Trainer's
+`autocast` setting; the plain loop wraps its forward the same way).
 
 After the ratios: the store's size per 100,000 steps at the default cadence, how long a
 new step takes to become visible to a reader in another thread (target <= 1 s), and how
@@ -62,6 +68,7 @@ from nlviz.device import describe_device, resolve_device, seed_everything
 # What each side records (capture, linears_every): nothing, the surprise alone, the
 # defaults (linear-layer records every TrainConfig().linears_every steps), everything every step.
 CAPTURE = {"none": (False, 0), "surprise": (True, 0), "default": (True, TrainConfig().linears_every), "full": (True, 1)}
+AUTOCAST = {"autocast": "none"}  # set once from --autocast; every side is built with it
 
 
 def make_config(device: str, capture: str, levels: int = 3, width: int = 64) -> TrainConfig:
@@ -74,6 +81,7 @@ def make_config(device: str, capture: str, levels: int = 3, width: int = 64) -> 
         device=device,
         capture=on,
         linears_every=linears_every,
+        autocast=AUTOCAST["autocast"],
     )
 
 
@@ -87,12 +95,14 @@ class PlainLoop:
         self.model = CMS(config.model, self.task.input_dim, self.task.output_dim).to(device).train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.head_lr)
         self.batch_size, self.t, self.last_loss = config.batch_size, 0, None
+        self.device, self.bf16 = device, config.autocast == "bf16"
 
     def run(self, steps: int) -> None:
         for _ in range(steps):
             self.t += 1
             x, target = self.task.batch(self.t, self.batch_size)
-            loss = self.task.loss(self.model(x), target)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.task.loss(self.model(x), target)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -153,6 +163,30 @@ def sides(device: str, store: str | None = None, **model) -> dict:
     if not all(torch.allclose(losses[0], loss) for loss in losses):
         raise RuntimeError(f"the sides do not compute the same thing: first losses {[float(v) for v in losses]}")
     return runners
+
+
+def host_syncs(device: str, store: str, steps: int = 49) -> dict[str, int]:
+    """Host synchronisations in `steps` steps that fall between two sync steps (CUDA only):
+    torch.cuda.set_sync_debug_mode('warn') warns at every one, in any thread."""
+    import warnings
+
+    counts = {}
+    for name, subscribers in (("trainer", []), ("trainer+telemetry", [RunWriter(os.path.join(store, "syncs"))])):
+        trainer = Trainer(make_config(device, "default"), subscribers)
+        trainer.run(steps=trainer.sync_every)  # warm-up, ending on a sync step
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(min(steps, trainer.sync_every - 1)):
+                    trainer.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts[name] = sum("synchroniz" in str(w.message) for w in caught)
+        for s in subscribers:
+            s.on_end(trainer, "stopped")
+    return counts
 
 
 def store_size(writer: RunWriter, steps: int) -> int:
@@ -256,7 +290,10 @@ def main() -> None:
     parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=None,
                         help="step time vs width and vs levels (default: on, off with --quick)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    parser.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                        help="run every side's forward pass under torch.autocast(bfloat16)")
     args = parser.parse_args()
+    AUTOCAST["autocast"] = args.autocast
     if args.quick:
         args.steps, args.rounds, args.memory_steps = 20, 5, 20
     scaling = not args.quick if args.scaling is None else args.scaling
@@ -270,7 +307,8 @@ def main() -> None:
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores, {platform.platform()}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, device {describe_device(device)}")
     print(f"date: {datetime.date.today()}")
-    print("model: CMS 3 MLP levels (width 64, hidden 256, period 1), Adam lr 1e-3, batch 32, multiscale dim 64, seed 0")
+    print("model: CMS 3 MLP levels (width 64, hidden 256, period 1), Adam lr 1e-3, batch 32, multiscale dim 64, seed 0"
+          f"; autocast {args.autocast}")
     print(f"timing: median of {args.rounds} alternating blocks of {args.steps} steps per side, after {args.steps} warm-up steps")
     print(f"memory: peak over {args.memory_steps} steps from a fresh trainer ({mem_method})")
     print()
@@ -288,6 +326,12 @@ def main() -> None:
     print(f"trainer_vs_plain: {t['plain'] / t['trainer']:.2f}")
     print(f"trainer_vs_plain_capture: {t['plain'] / t['trainer+default']:.2f}")
     print(f"telemetry_time: {t['trainer+telemetry'] / t['trainer+default']:.2f}")
+    if device.type == "cuda":
+        syncs = host_syncs(args.device, store)
+        print(f"host_syncs_per_step: {syncs['trainer'] / 49:.2f} (trainer: {syncs['trainer']} in 49 steps between "
+              f"sync steps; with the store's writer: {syncs['trainer+telemetry']})")
+    else:
+        print("host_syncs_per_step: not measured (torch.cuda.set_sync_debug_mode needs CUDA)")
     print()
     print("step time (ms): " + ", ".join(f"{name} {1e3 * s:.3f}" for name, s in t.items()))
     print("peak memory (MB): " + ", ".join(f"{c} {b / 1e6:.2f}" for c, b in mem.items()))

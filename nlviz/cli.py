@@ -131,6 +131,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         head_optimizer=a.head_optimizer,
         head_lr=a.head_lr,
         sync_every=a.sync_every,
+        autocast=a.autocast,
     )
 
 
@@ -165,6 +166,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     t.add_argument("--device", default="auto", choices=DEVICES, help="auto picks cuda, then mps, then cpu")
     t.add_argument("--sync-every", type=int, default=0, help="host reads every N steps (0 = auto)")
+    t.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                   help="bf16: forward pass under torch.autocast(bfloat16); weights and optimizer stay float32")
     t.add_argument("--out", help="run directory, new or empty: run.sqlite (the live record), checkpoint.pt, summary.json")
     t.add_argument("--resume", metavar="DIR",
                    help="continue an interrupted run from its last checkpoint, with its own settings")

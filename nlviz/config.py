@@ -37,6 +37,7 @@ VARIANTS = ("sequential", "independent")
 LEVEL_KINDS = ("mlp", "lstm")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 ACCUMULATE = ("sum", "mean")
+AUTOCAST = ("none", "bf16")
 SIGNS = ("consistent", "printed")
 
 
@@ -248,6 +249,7 @@ class TrainConfig:
     capture: bool = True  # record each level's input, output y_l and surprise u_l every step
     linears_every: int = 10  # with capture, also each linear layer's input and output gradient every N steps (0 = never): Eq 25 from data; costs time and activation memory
     sync_every: int = 0  # host reads (progress, non-finite check) every N steps; 0 = 1 on cpu, 50 on gpu
+    autocast: str = "none"  # "bf16": forward pass and loss under torch.autocast(bfloat16); parameters, gradients and optimizer state stay float32
 
     def __post_init__(self) -> None:
         _choice("task", self.task, tuple(TASK_CONFIGS))
@@ -277,6 +279,7 @@ class TrainConfig:
         _bool("capture", self.capture)
         _int("linears_every", self.linears_every, 0)
         _int("sync_every", self.sync_every, 0)
+        _choice("autocast", self.autocast, AUTOCAST)
         if self.surprise.enabled and not self.capture:
             raise ConfigError("capture: the surprise objective reads u_l, so capture must be true when surprise.enabled is")
 

@@ -309,7 +309,8 @@ class RunWriter(Subscriber):
             return None
         x, g = tr.linear_inputs[j].detach(), event.linear_grads[l][j]
         W = self._levels[l].linears[j].weight.detach()
-        return W, x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+        # float32 like W (a no-op unless the forward pass ran under bf16 autocast)
+        return W, x.reshape(-1, x.shape[-1]).float(), g.reshape(-1, g.shape[-1]).float()
 
     def _scalars(self, event: StepEvent) -> tuple[list[tuple[int, str]], Tensor]:
         """(level, name) keys and one stacked device tensor of their values."""

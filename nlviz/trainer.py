@@ -175,14 +175,15 @@ class Trainer:
         t, due = self.clock.tick()
         x, target = self.task.batch(t, self.config.batch_size)
         cap = self.capture
-        if cap is not None:
-            out, traces = self.model(x, return_internals=True)
-            every = self.config.linears_every
-            if not every or t % every:  # drop the linear records so their tensors can be freed early
-                traces = [dataclasses.replace(tr, linear_inputs=(), linear_outputs=()) for tr in traces]
-        else:
-            out, traces = self.model(x), []
-        loss = self.task.loss(out, target)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast == "bf16"):
+            if cap is not None:
+                out, traces = self.model(x, return_internals=True)
+                every = self.config.linears_every
+                if not every or t % every:  # drop the linear records so their tensors can be freed early
+                    traces = [dataclasses.replace(tr, linear_inputs=(), linear_outputs=()) for tr in traces]
+            else:
+                out, traces = self.model(x), []
+            loss = self.task.loss(out, target)
         if cap is not None:
             cap.attach(traces, t)
         loss.backward()

@@ -28,6 +28,7 @@ BAD_ARGS = [
     (["--memory-every", "0"], "--memory-every"),
     (["--scalars-every", "0"], "--scalars-every"),
     (["--threads", "-1"], "--threads"),
+    (["--autocast", "fp16"], "--autocast"),
 ]
 
 
@@ -71,10 +72,20 @@ def test_a_run_writes_checkpoint_and_summary_and_refuses_to_overwrite(tmp_path):
     assert summary["level_updates"] == [40, 10]
     assert summary["config"]["model"]["levels"][1]["optimizer"] == "dgd"
     assert 0.0 <= summary["metrics"]["acc_mean_seen"] <= 1.0
+    assert summary["config"]["autocast"] == "none"
     ck = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ck["clock"]["t"] == 40
     again = _nlviz("train", "--steps", "5", "--out", str(out))
     assert again.returncode == 2 and "--out" in again.stderr
+
+
+def test_autocast_bf16_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    proc = _nlviz("train", "--steps", "20", "--device", "cpu", "--no-progress", "--autocast", "bf16",
+                  "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["autocast"] == "bf16" and summary["status"] == "finished"
 
 
 def test_ctrl_c_finishes_the_step_and_leaves_a_checkpoint_that_resumes(tmp_path):

@@ -288,3 +288,54 @@ def test_independent_levels_are_reported_side_by_side():
     with pytest.raises(DivergenceError) as info:
         trainer.run()
     assert "non-finite surprise at level(s) 1, 2, 3" in str(info.value) and info.value.level == 1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU"))])
+def test_bf16_autocast_follows_float32_and_keeps_float32_state(tmp_path, device):
+    """autocast='bf16' runs the forward pass in bfloat16: the surprises come out in bf16, the
+    parameters, their gradients and the optimizer stay float32, the store records the run, and
+    the losses follow the float32 run's closely."""
+    from nlviz import RunWriter, open_run
+
+    runs = {}
+    for autocast in ("none", "bf16"):
+        cfg = tiny_config(optimizer="adam", lr=1e-2, steps=40, device=device, autocast=autocast,
+                          surprise=SurpriseConfig(enabled=True))
+        trainer = Trainer(cfg, [RunWriter(tmp_path / autocast, scalars_every=1, tensors_every=10, memory_every=10)])
+        event = trainer.step()
+        want = torch.bfloat16 if autocast == "bf16" else torch.float32
+        assert event.surprise[0].dtype == want and event.loss.dtype == torch.float32
+        trainer.run()
+        assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32)
+                   for p in trainer.model.parameters())
+        run = open_run(tmp_path / autocast)
+        loss = run.scalars("loss", level=0)
+        assert run.last_step() == 40 and len(loss) == 40 and loss.value.notna().all()
+        runs[autocast] = loss.value.to_numpy()
+        run.close()
+    rel = abs(runs["bf16"] - runs["none"]) / runs["none"]
+    assert rel[:5].max() < 0.02 and rel.mean() < 0.05  # bf16 keeps about 3 significant digits
+
+
+def test_autocast_names_what_is_allowed():
+    with pytest.raises(ConfigError, match=r"^autocast: must be one of none, bf16; got 'fp16'$"):
+        tiny_config(autocast="fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU")
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+def test_cuda_steps_between_syncs_never_wait_for_the_host(autocast):
+    """On CUDA the trainer reads the device only every sync_every steps: with
+    torch.cuda.set_sync_debug_mode('error') any other host synchronisation raises."""
+    cfg = TrainConfig(steps=10**6, device="cuda", sync_every=50, autocast=autocast)
+    trainer = Trainer(cfg)
+    trainer.run(steps=50)  # warm-up, ends on a sync step
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(49):  # steps 51..99: none of them is a sync step
+            trainer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.clock.t == 99
