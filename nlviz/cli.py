@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import signal
 import sys
 import threading
@@ -210,12 +209,12 @@ def _fail(message: str) -> int:
 
 def _check_out(out: Path) -> None:
     """--out must be a new or empty directory that can be created and written."""
+    from .rundir import creatable
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out: {out} already exists and is not an empty directory; choose a new one")
-    parent = out.resolve()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    ok, parent = creatable(out)
+    if not ok:
         raise ConfigError(f"--out: {out} cannot be created ({parent} is not a writable directory)")
 
 

@@ -19,10 +19,19 @@ from typing import Any
 from .store import RunWriter
 from .trainer import DivergenceError, RunResult, Subscriber, Trainer
 
-__all__ = ["Checkpointer", "write_summary", "CHECKPOINT_NAME", "SUMMARY_NAME"]
+__all__ = ["Checkpointer", "write_summary", "creatable", "CHECKPOINT_NAME", "SUMMARY_NAME"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SUMMARY_NAME = "summary.json"
+
+
+def creatable(path: Path) -> tuple[bool, Path]:
+    """Whether `path` can be made (or written, if it exists): its nearest existing ancestor (or
+    itself) is a writable directory. Returns (answer, that ancestor) so errors can name it."""
+    parent = Path(path).resolve()
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK), parent
 
 
 class Checkpointer(Subscriber):

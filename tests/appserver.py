@@ -42,16 +42,7 @@ def serve_app(runs_dir: Path, log: Path) -> Iterator[str]:
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the dashboard did not start; its log:\n{log.read_text()}")
-            time.sleep(0.3)
+        wait_until_up(f"{url}/_stcore/health", proc, log, 60, "the dashboard")
         yield url
     finally:
         proc.terminate()
@@ -59,6 +50,21 @@ def serve_app(runs_dir: Path, log: Path) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout: float, what: str) -> None:
+    """Poll url until it answers 200, or raise with the server's log if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start within {timeout:.0f} s; its log:\n{log.read_text()}")
+        time.sleep(0.3)
 
 
 def launch(playwright):

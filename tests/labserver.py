@@ -13,13 +13,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from appserver import free_port
+from appserver import free_port, wait_until_up
 
 # Toasts that would ask to fetch news or check for updates (a request to the internet) and
 # could cover the notebook: switched off in the isolated user settings.
@@ -70,17 +68,7 @@ def serve_lab(workdir: Path, timeout: float = 90) -> Iterator[str]:
                                 start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/status", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"JupyterLab did not start within {timeout:.0f} s; its log:\n{log.read_text()}")
-            time.sleep(0.3)
+        wait_until_up(f"{url}/api/status", proc, log, timeout, "JupyterLab")
         yield url
     finally:
         # SIGTERM makes the server shut its kernels down before it exits.

@@ -9,7 +9,6 @@ has finished (see `common.write_result`).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,6 +18,7 @@ from typing import Any, NoReturn, Sequence
 import torch
 
 from .. import __version__
+from ..rundir import creatable
 from . import figures
 from .common import Experiment, Progress, jsonable, machine, results_dir, write_result
 from .registry import EXPERIMENTS
@@ -66,10 +66,8 @@ def _out(text: str | None, name: str) -> Path:
     out = Path(text) if text is not None else results_dir() / name
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: {out} exists and is not a directory; give a directory (it is created if new)")
-    parent = out.resolve()
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    ok, parent = creatable(out)
+    if not ok:
         raise UsageError(f"--out: {out} cannot be written ({parent} is not a writable directory)")
     return out
 
