@@ -358,3 +358,16 @@ def test_level_contributions_add_up_to_the_prediction():
     total = record.array().sum(0)  # (steps,): sum_l mix_l head.W y_l at each step
     assert record.array().shape == (2, 60) and np.abs(record.array()).min() > 0
     assert np.allclose(total, explained.values, atol=1e-5)
+
+
+def test_writing_a_result_again_leaves_no_figure_of_the_earlier_one(tmp_path):
+    import plotly.graph_objects as go
+
+    from nlviz.experiments.common import load_result, write_result
+
+    out = tmp_path / "r"
+    write_result(out, {"experiment": "x"}, {"a": go.Figure(), "b": go.Figure()})
+    written = write_result(out, {"experiment": "x", "run": 2}, {"b": go.Figure()})
+    assert sorted(p.name for p in (out / "figures").glob("*.html")) == ["b.html"]
+    assert written["files"]["html"] == ["figures/b.html"] and load_result(out)["run"] == 2
+    assert not list(out.glob("*.tmp"))

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -164,21 +165,26 @@ def jsonable(value: Any) -> Any:
 def write_result(out: Path, result: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
     """Write result.json and the figures (HTML, and PNG when kaleido works) into `out`.
 
-    Returns the result as written (with `files`, `png` and `png_note` filled in).
+    Returns the result as written (with `files`, `png` and `png_note` filled in). The figures
+    are written into a fresh folder that then replaces the old one (no figure of an earlier
+    run stays behind), and result.json is replaced in one rename, last: a failure on the way
+    leaves the previous result whole.
     """
     out.mkdir(parents=True, exist_ok=True)
-    fig_dir = out / FIGURES_DIR
-    fig_dir.mkdir(exist_ok=True)
+    fig_dir, staging = out / FIGURES_DIR, out / f"{FIGURES_DIR}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
     html = []
     for name, fig in figures.items():
-        path = fig_dir / f"{name}.html"
-        fig.write_html(path, include_plotlyjs="directory", full_html=True)  # plotly.min.js once, offline
-        html.append(str(path.relative_to(out)))
-    png, note = _write_pngs(fig_dir, figures)
+        fig.write_html(staging / f"{name}.html", include_plotlyjs="directory", full_html=True)  # plotly.min.js once, offline
+        html.append(f"{FIGURES_DIR}/{name}.html")
+    png, note = _write_pngs(staging, figures)
     result = {**result, "files": {"html": html, "png": png}, "png": bool(png), "png_note": note}
     text = json.dumps(jsonable(result), indent=1, allow_nan=False)
     tmp = out / (RESULT_NAME + ".tmp")
     tmp.write_text(text)
+    shutil.rmtree(fig_dir, ignore_errors=True)
+    staging.rename(fig_dir)
     os.replace(tmp, out / RESULT_NAME)  # a reader never sees half a result
     return json.loads(text)
 
