@@ -20,8 +20,9 @@ frequency. Three ideas, each shown here from a live run:
   dot-product objective by an L2 regression gives the **delta rule** (Eq 28-29), which erases what
   W already says about x before it writes.
 - **A Continuum Memory System (Eq 30-31)** is a chain of MLP levels, each updated every C(l)
-  steps by the sum of its chunk's gradients: fast levels track what changes quickly, slow ones
-  what persists.
+  steps by the sum of its chunk's gradients: fast levels are meant to track what changes quickly,
+  slow ones what persists (the paper's claim; the **Results** page and notebook 03 test it in
+  miniature, and report where it did not hold).
 - **Every level has its own surprise**, and nlviz records it as it trains: activations, u_l,
   losses, and every update on the level clock.
 """
@@ -51,7 +52,9 @@ if st.session_state.pop("started", None):
 st.markdown(
     """
 Then: **Live run** to pause, step and watch each level; **Equations 25-29** to check the
-equations on the recorded numbers; **Runs** to replay or compare recorded runs. Nothing to
+equations on the recorded numbers; **Runs** to replay or compare recorded runs; **Results** for the experiments
+(`python -m nlviz.experiments NAME`), with their spread over seeds. The tutorial notebooks in
+`notebooks/` go through the same equations by hand. Nothing to
 install or download: runs train here (on a GPU if there is one) and are recorded in
 `runs/`, one SQLite file each.
 """
