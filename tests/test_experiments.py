@@ -22,7 +22,7 @@ from torch import nn
 
 from nlviz import CMS, DigitsConfig, LevelSpec, ModelConfig, TrainConfig, Trainer, make_pairs
 from nlviz.experiments import EXPERIMENTS, figures, main, run_experiment, spread
-from nlviz.experiments import ablation, co2, continual, levels
+from nlviz.experiments import ablation, capacity, co2, continual, levels
 from nlviz.experiments.ewc import EWC, fisher_diagonal
 from nlviz.experiments.series import WindowTask
 from nlviz.experiments.streams import geometric_periods, matched_levels, parameter_count
@@ -371,3 +371,28 @@ def test_writing_a_result_again_leaves_no_figure_of_the_earlier_one(tmp_path):
     assert sorted(p.name for p in (out / "figures").glob("*.html")) == ["b.html"]
     assert written["files"]["html"] == ["figures/b.html"] and load_result(out)["run"] == 2
     assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: capacity.CapacitySettings(width=30), r"^CapacitySettings.pair_step: must divide width \(30\), got 4$"),
+    (lambda: capacity.CapacitySettings(correlations=(0.0, 1.0)), r"^CapacitySettings.correlations: must hold numbers from 0"),
+    (lambda: capacity.CapacitySettings(long_sweeps=(20, 5)), r"^CapacitySettings.long_sweeps: must increase"),
+    (lambda: capacity.CapacitySettings(sweeps=0), r"^CapacitySettings.sweeps: must be an integer >= 1, got 0$"),
+    (lambda: capacity.CapacitySettings(delta_lr=float("nan")), r"^CapacitySettings.delta_lr: must hold positive numbers"),
+    (lambda: continual.ContinualSettings(cms_levels=(1, 3)), r"^ContinualSettings.cms_levels: a CMS has 2 levels"),
+    (lambda: continual.ContinualSettings(tolerance=1.5), r"^ContinualSettings.tolerance: must hold numbers from 0"),
+    (lambda: levels.LevelsSettings(level_counts=()), r"^LevelsSettings.level_counts: must be a non-empty tuple"),
+    (lambda: ablation.AblationSettings(surprise_weight=-0.1), r"^AblationSettings.surprise_weight: must hold non-negative"),
+    (lambda: co2.CO2Settings(weeks=-1), r"^CO2Settings.weeks: must be an integer >= 0, got -1$"),
+])
+def test_bad_settings_name_the_field(make, match):
+    from nlviz import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        make()
+
+
+def test_every_experiments_settings_are_valid():
+    for experiment in EXPERIMENTS.values():
+        for settings in (experiment.full, experiment.quick):
+            type(settings)(**{f: getattr(settings, f) for f in settings.__dataclass_fields__})  # checks again

@@ -30,7 +30,7 @@ from typing import Sequence
 
 from ..config import ModelConfig, MultiscaleConfig, SurpriseConfig
 from ..trainer import DivergenceError
-from .common import Experiment, Outcome, Progress, spread
+from .common import Experiment, Outcome, Progress, check_settings, spread
 from .streams import matched_levels, multiscale_config, multiscale_tracking
 
 __all__ = ["AblationSettings", "Variant", "EXPERIMENT", "variants"]
@@ -49,6 +49,9 @@ class AblationSettings:
     multiscale: MultiscaleConfig = field(default_factory=lambda: MultiscaleConfig(fast_period=200))  # as in `levels`
     steps: int = 2000  # one slow cycle of the multiscale task
     eval_every: int = 50
+
+    def __post_init__(self) -> None:
+        check_settings(self, zero_ok=frozenset({"surprise_weight"}))
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from .. import rules
+from ..config import ConfigError
 from ..tasks import make_pairs
-from .common import Experiment, Outcome, Progress, spread
+from .common import Experiment, Outcome, Progress, check_settings, spread
 
 __all__ = ["CapacitySettings", "EXPERIMENT", "store", "recall_error", "measure", "delta_by_sweeps"]
 
@@ -47,6 +48,13 @@ class CapacitySettings:
     sweeps: int = 20  # passes over the pairs, each writing every pair once, in order
     delta_lr: float = 10.0  # eta of the delta rule: a = eta / (1 + eta) for unit keys
     long_sweeps: tuple[int, ...] = (5, 20, 100, 500, 2000)  # sweep (c): delta rule at n = d, read after these passes
+
+    def __post_init__(self) -> None:
+        check_settings(self, fractions=frozenset({"correlations"}))
+        if self.width % self.pair_step:
+            raise ConfigError(f"CapacitySettings.pair_step: must divide width ({self.width}), got {self.pair_step}")
+        if list(self.long_sweeps) != sorted(set(self.long_sweeps)):
+            raise ConfigError(f"CapacitySettings.long_sweeps: must increase, got {self.long_sweeps!r}")
 
     @property
     def pairs(self) -> list[int]:

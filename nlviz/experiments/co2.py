@@ -50,7 +50,7 @@ import torch
 
 from ..config import LevelSpec, ModelConfig, TrainConfig
 from ..trainer import StepEvent, Subscriber, Trainer
-from .common import Experiment, Outcome, Progress, spread
+from .common import Experiment, Outcome, Progress, check_settings, spread
 from .series import WindowTask
 
 __all__ = ["CO2Settings", "EXPERIMENT", "load_co2", "Contributions", "band_shares", "spectrum", "decompose", "carried",
@@ -72,6 +72,9 @@ class CO2Settings:
     weeks: int = 0  # use only the first N weeks of the series (0 = all; --quick uses a short piece)
     seasonal_halfwidth: float = 0.15  # cycles/year around 1 and 2
     low_cutoff: float = 0.5  # cycles/year: below is "low frequency" (trend)
+
+    def __post_init__(self) -> None:
+        check_settings(self, zero_ok=frozenset({"weeks"}))
 
 
 def load_co2(weeks: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -32,11 +32,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from ..trainer import StepEvent, Subscriber
 
 __all__ = [
     "Experiment", "Outcome", "Progress", "spread", "machine", "results_dir", "write_result", "load_result",
-    "list_results", "RESULT_NAME", "FIGURES_DIR", "jsonable",
+    "list_results", "RESULT_NAME", "FIGURES_DIR", "jsonable", "check_settings",
 ]
 
 RESULT_NAME = "result.json"
@@ -95,6 +96,38 @@ class _Advance(Subscriber):
 
     def on_step(self, event: StepEvent) -> None:
         self.progress.advance()
+
+
+def check_settings(settings: Any, zero_ok: frozenset[str] = frozenset(),
+                   fractions: frozenset[str] = frozenset()) -> None:
+    """Check an experiment's settings dataclass by its fields' declared types: integers and
+    numbers positive (or zero for the fields in zero_ok), tuples non-empty with positive
+    entries, and the fields in `fractions` in [0, 1). Raises ConfigError naming the field."""
+    cls = type(settings).__name__
+    for f in dataclasses.fields(settings):
+        name, value, kind = f"{cls}.{f.name}", getattr(settings, f.name), str(f.type)
+        lo = 0 if f.name in zero_ok else 1
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ConfigError(f"{name}: must be an integer >= {lo}, got {value!r}")
+        elif kind == "float" or kind.startswith("tuple[float"):
+            values = value if kind.startswith("tuple") else (value,)
+            if kind.startswith("tuple") and (not isinstance(value, tuple) or not value):
+                raise ConfigError(f"{name}: must be a non-empty tuple of numbers, got {value!r}")
+            for v in values:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                if f.name in fractions:
+                    ok = ok and 0 <= v < 1
+                    allowed = "numbers from 0 up to (not including) 1"
+                else:
+                    ok = ok and (v >= 0 if f.name in zero_ok else v > 0)
+                    allowed = "non-negative numbers" if f.name in zero_ok else "positive numbers"
+                if not ok:
+                    raise ConfigError(f"{name}: must hold {allowed}, got {value!r}")
+        elif kind.startswith("tuple[int"):
+            if (not isinstance(value, tuple) or not value
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+                raise ConfigError(f"{name}: must be a non-empty tuple of integers >= 1, got {value!r}")
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:

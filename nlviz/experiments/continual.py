@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..config import DigitsConfig, ModelConfig
+from ..config import ConfigError, DigitsConfig, ModelConfig
 from ..trainer import Trainer
-from .common import Experiment, Outcome, Progress, spread
+from .common import Experiment, Outcome, Progress, check_settings, spread
 from .ewc import EWC
 from .streams import (average_accuracy, digits_config, digits_stream, forgetting, geometric_periods, matched_levels,
                       parameter_count)
@@ -47,6 +47,11 @@ class ContinualSettings:
     cms_levels: tuple[int, ...] = (2, 3, 4)  # the CMS models, by number of levels
     ewc_strength: float = 1e5  # lambda of the EWC penalty (see the module docstring)
     tolerance: float = 0.03  # parameter counts within this fraction of the one-level model's
+
+    def __post_init__(self) -> None:
+        check_settings(self, fractions=frozenset({"tolerance"}))
+        if min(self.cms_levels) < 2:
+            raise ConfigError(f"ContinualSettings.cms_levels: a CMS has 2 levels or more, got {self.cms_levels!r}")
 
 
 def models(s: ContinualSettings) -> dict[str, tuple[tuple[int, ...], bool]]:

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import DigitsConfig, ModelConfig, MultiscaleConfig
-from .common import Experiment, Outcome, Progress, spread
+from .common import Experiment, Outcome, Progress, check_settings, spread
 from .streams import (average_accuracy, digits_config, digits_stream, forgetting, geometric_periods, matched_levels,
                       multiscale_config, multiscale_tracking)
 
@@ -52,6 +52,9 @@ class LevelsSettings:
     multiscale_steps: int = 2000  # one slow cycle
     eval_every: int = 50  # multiscale evaluation cadence (second half averaged)
     steps_per_task: int = 200  # digits: 5 tasks of 2 classes
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
 
 def conditions(s: LevelsSettings) -> list[tuple[str, int, int, tuple[int, ...]]]:
