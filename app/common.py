@@ -161,6 +161,10 @@ def config_form(key: str):
                                   help="Eq 31 sums a chunk's gradients; mean divides by C(l) (a different choice)")
     residual = mid[2].toggle("Residual", True, key=f"{key}_residual")
     norm = mid[3].toggle("LayerNorm", True, key=f"{key}_norm")
+    autocast = mid[4].selectbox("Forward pass", ["none", "bf16"], key=f"{key}_autocast",
+                                format_func=lambda a: "float32" if a == "none" else "bfloat16 (torch.autocast)",
+                                help="bf16 runs the forward pass under torch.autocast; weights and optimizer stay "
+                                     "float32. Fast on GPUs with bf16 units, slow on most CPUs")
     sur = st.columns([1, 1, 2])
     surprise = sur[0].toggle("Surprise objective", False, key=f"{key}_surprise",
                              help="each level also regresses its output y_l towards a target built from u_l")
@@ -180,6 +184,7 @@ def config_form(key: str):
                 raise ConfigError(f"level {i + 1} {e}") from None
         config = TrainConfig(
             task=task, steps=int(steps), batch_size=int(batch), seed=int(seed), device=device, accumulate=accumulate,
+            autocast=autocast,
             model=ModelConfig(levels=tuple(specs), variant=variant, residual=residual, norm=norm),
             surprise=SurpriseConfig(enabled=surprise, weights=(float(weight),), sign=sign),
         )

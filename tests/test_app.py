@@ -207,3 +207,17 @@ def test_the_training_niceness_defaults_to_ten_and_follows_the_variable(monkeypa
     assert common.train_nice() == 10
     monkeypatch.setenv("NLVIZ_TRAIN_NICE", "0")
     assert common.train_nice() == 0
+
+
+def test_the_form_can_run_the_forward_pass_in_bf16(runs):
+    at = _app("live")
+    at.number_input(key="live_steps").set_value(5).run()
+    at.selectbox(key="live_autocast").set_value("bf16").run()
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error
+    import common
+
+    run = common.registry().runs()[0]
+    assert run.config.autocast == "bf16"
+    assert run.wait(timeout=120) == "finished"
+    assert open_run(run.directory).last_step() == 5
