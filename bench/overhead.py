@@ -13,9 +13,9 @@ Prints one `name: ratio` line per measure (targets and latest figures: docs/benc
     trainer_vs_plain_capture    throughput, Trainer with its default capture / the plain loop
     telemetry_time              step time, Trainer (defaults) recording into the run store at
                                 its default cadence / the same Trainer without it  (<= 1.05)
-    host_syncs_per_step         CUDA only: host synchronisations per step between two sync
-                                steps (torch.cuda.set_sync_debug_mode), the trainer alone and
-                                with the run store's writer                        (0)
+    host_syncs_per_step         CUDA only: host synchronisations per step in the training
+                                thread between two sync steps (torch.cuda.set_sync_debug_mode),
+                                beside those of the run store's writer thread      (0)
 
 `--autocast bf16` runs every side's forward pass under torch.autocast(bfloat16) (the Trainer's
 `autocast` setting; the plain loop wraps its forward the same way).
@@ -165,28 +165,39 @@ def sides(device: str, store: str | None = None, **model) -> dict:
     return runners
 
 
-def host_syncs(device: str, store: str, steps: int = 49) -> dict[str, int]:
-    """Host synchronisations in `steps` steps that fall between two sync steps (CUDA only):
-    torch.cuda.set_sync_debug_mode('warn') warns at every one, in any thread."""
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch.cuda.set_sync_debug_mode("warn")'s text
+
+
+def host_syncs(device: str, store: str) -> tuple[int, int, int]:
+    """(steps, host synchronisations in the training thread during them, in the run store's
+    writer thread while it commits them), counted over the steps between two sync steps
+    (CUDA only): set_sync_debug_mode('warn') warns at each one, in whichever thread."""
+    import threading
     import warnings
 
-    counts = {}
-    for name, subscribers in (("trainer", []), ("trainer+telemetry", [RunWriter(os.path.join(store, "syncs"))])):
-        trainer = Trainer(make_config(device, "default"), subscribers)
-        trainer.run(steps=trainer.sync_every)  # warm-up, ending on a sync step
-        torch.cuda.synchronize()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                for _ in range(min(steps, trainer.sync_every - 1)):
-                    trainer.step()
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        counts[name] = sum("synchroniz" in str(w.message) for w in caught)
-        for s in subscribers:
-            s.on_end(trainer, "stopped")
-    return counts
+    writer = RunWriter(os.path.join(store, "syncs"))
+    trainer = Trainer(make_config(device, "default"), [writer])
+    trainer.run(steps=trainer.sync_every)  # warm-up, ending on a sync step
+    writer.sync()
+    torch.cuda.synchronize()
+    steps, seen = trainer.sync_every - 1, []
+
+    def note(message, category, filename, lineno, file=None, line=None):
+        if SYNC_WARNING in str(message):
+            seen.append(threading.current_thread() is threading.main_thread())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = note  # restored when the block ends
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in range(steps):
+                trainer.step()
+            writer.sync()  # the writer commits these steps inside the window
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    writer.on_end(trainer, "stopped")
+    return steps, sum(seen), len(seen) - sum(seen)
 
 
 def store_size(writer: RunWriter, steps: int) -> int:
@@ -326,12 +337,6 @@ def main() -> None:
     print(f"trainer_vs_plain: {t['plain'] / t['trainer']:.2f}")
     print(f"trainer_vs_plain_capture: {t['plain'] / t['trainer+default']:.2f}")
     print(f"telemetry_time: {t['trainer+telemetry'] / t['trainer+default']:.2f}")
-    if device.type == "cuda":
-        syncs = host_syncs(args.device, store)
-        print(f"host_syncs_per_step: {syncs['trainer'] / 49:.2f} (trainer: {syncs['trainer']} in 49 steps between "
-              f"sync steps; with the store's writer: {syncs['trainer+telemetry']})")
-    else:
-        print("host_syncs_per_step: not measured (torch.cuda.set_sync_debug_mode needs CUDA)")
     print()
     print("step time (ms): " + ", ".join(f"{name} {1e3 * s:.3f}" for name, s in t.items()))
     print("peak memory (MB): " + ", ".join(f"{c} {b / 1e6:.2f}" for c, b in mem.items()))
@@ -340,6 +345,12 @@ def main() -> None:
     print(f"store size per 100,000 steps: {store_size(writer, telemetry.clock.t) * 1e5 / telemetry.clock.t / 1e6:.1f} MB "
           f"(default cadence: scalars every {writer.scalars_every}, tensors every {writer.tensors_every}, "
           f"memory records every {writer.memory_every} steps)")
+    if device.type == "cuda":  # after the sides' writer is closed: only this count's threads run
+        steps, trainer_syncs, writer_syncs = host_syncs(args.device, store)
+        print(f"host_syncs_per_step: {trainer_syncs / steps:.2f} (training thread: {trainer_syncs} in the {steps} "
+              f"steps between two sync steps; the store's writer thread: {writer_syncs} while committing them)")
+    else:
+        print("host_syncs_per_step: not measured (torch.cuda.set_sync_debug_mode needs CUDA)")
     lat = visibility(args.device, 400 if args.quick else 2000)
     print(f"visibility: a recorded step reaches a reader in median {lat[0]:.2f} s, at most {lat[1]:.2f} s (target <= 1 s)")
     for label, seconds in plot_query(100_000 if args.quick else 1_000_000):

@@ -249,7 +249,7 @@ class TrainConfig:
     capture: bool = True  # record each level's input, output y_l and surprise u_l every step
     linears_every: int = 10  # with capture, also each linear layer's input and output gradient every N steps (0 = never): Eq 25 from data; costs time and activation memory
     sync_every: int = 0  # host reads (progress, non-finite check) every N steps; 0 = 1 on cpu, 50 on gpu
-    autocast: str = "none"  # "bf16": forward pass and loss under torch.autocast(bfloat16); parameters, gradients and optimizer state stay float32
+    autocast: str = "none"  # "bf16": forward pass and loss under torch.autocast(bfloat16); parameters, gradients, optimizer state and the task's final evaluation stay float32
 
     def __post_init__(self) -> None:
         _choice("task", self.task, tuple(TASK_CONFIGS))

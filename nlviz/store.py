@@ -35,6 +35,7 @@ waits on the store, and a reader sees a new step within about a second.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import os
@@ -114,6 +115,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _to_host(obj: Any) -> Any:
+    """obj with every CUDA tensor in it replaced by a copy to (pinned) host memory that has been
+    started, not finished: tuples, lists, dicts and the record dataclasses are walked."""
+    if isinstance(obj, Tensor):
+        return obj.to("cpu", non_blocking=True) if obj.is_cuda else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_host(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_host(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _to_host(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+    return obj
+
+
 @dataclass
 class _Summary:
     """One level's tensor summary, still on the device."""
@@ -180,6 +195,8 @@ class RunWriter(Subscriber):
         self.resume_after = resume_after
         self._items: collections.deque = collections.deque()  # appended by training, drained by the thread
         self._wake = threading.Event()
+        self._cuda = False  # training on CUDA: records go to the host by copies started in _put
+        self._copied: Any = None  # a torch.cuda.Event after the newest of those copies
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._levels: list = []
@@ -224,6 +241,7 @@ class RunWriter(Subscriber):
         finally:
             con.close()
         trainer.measure_updates = self.scalars_every  # update_norm at the scalar cadence
+        self._cuda = trainer.device.type == "cuda"
         self._levels = list(trainer.model.levels)
         # Where each level's output layer sits among its linears (None: it has none).
         self._out_index = [lv.linears.index(lv.output_layer) if getattr(lv, "output_layer", None) is not None
@@ -298,8 +316,18 @@ class RunWriter(Subscriber):
             raise RunStoreError(f"run store: writing {self.path} failed: {self._error}") from self._error
 
     def _put(self, item: tuple) -> None:
-        if self._thread is not None:
-            self._items.append(item)
+        if self._thread is None:
+            return
+        if self._cuda:
+            # Start the copies to the host now, without waiting for them (a host read here would
+            # stall the training loop), and mark where they end: the writer thread waits for
+            # that mark, not for the device (see _drain). The mark is set before the item is
+            # queued, so the newest mark always covers every item the writer has taken.
+            item = _to_host(item)
+            done = torch.cuda.Event()
+            done.record()
+            self._copied = done
+        self._items.append(item)
 
     def _output_layer(self, event: StepEvent, l: int) -> tuple[Tensor, Tensor, Tensor] | None:
         """(W, x, u) of level l's output layer at this step, as (d_out, d_in), (rows, d_in),
@@ -377,7 +405,8 @@ class RunWriter(Subscriber):
         stats = torch.stack([t.mean(), t.std(unbiased=False), lo, hi, t.norm()])
         # Fixed number of bins over [min, max], computed without reading min/max to the host.
         idx = ((t - lo) / (hi - lo).clamp_min(1e-12) * self.bins).long().clamp_(0, self.bins - 1)
-        hist = torch.bincount(idx.flatten(), minlength=self.bins)
+        flat = idx.flatten()  # bincount would read its largest value to the host (a CUDA sync); this does not
+        hist = torch.zeros(self.bins, dtype=torch.long, device=t.device).scatter_add_(0, flat, torch.ones_like(flat))
         sample = t[: self.sample_rows, : self.sample_cols].half()
         return _Summary(step, level, kind, stats, hist, sample)
 
@@ -402,6 +431,9 @@ class RunWriter(Subscriber):
                     else:
                         pending.append(item)
                 if stop or synced or time.monotonic() - last >= 0.5:  # batched commits, twice a second, with a heartbeat
+                    copied = self._copied
+                    while copied is not None and not copied.query():  # polling holds no lock the trainer needs
+                        time.sleep(0.001)
                     self._flush(con, pending)
                     pending, last = [], time.monotonic()
                     for done in synced:

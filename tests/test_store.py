@@ -333,3 +333,38 @@ def test_a_failing_writer_thread_is_reported_not_swallowed(tmp_path):
     writer._put(("scalars", 1, [(0, "loss")], "not a tensor"))  # makes the thread's flush fail
     with pytest.raises(RunStoreError, match="^run store: writing .* failed"):
         writer.sync(timeout=10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU")
+def test_recording_a_cuda_run_never_waits_for_the_device_and_stores_every_step(tmp_path):
+    """On CUDA the writer starts its copies to the host without waiting for them and its thread
+    waits on an event: under set_sync_debug_mode('error') neither thread synchronises (an error
+    in the writer's thread would come back from close), and the store holds what happened."""
+    from nlviz import Subscriber, Trainer, TrainConfig
+
+    class Losses(Subscriber):
+        def __init__(self):
+            self.values = []
+
+        def on_step(self, event):
+            self.values.append(event.loss.detach().clone())  # stays on the device
+
+    writer, losses = RunWriter(tmp_path / "r", scalars_every=1, tensors_every=10, memory_every=10), Losses()
+    trainer = Trainer(TrainConfig(steps=10**6, device="cuda", sync_every=50), [writer, losses])
+    trainer.run(steps=50)
+    writer.sync()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(49):  # steps 51..99, none a sync step; summaries and memory records at 60, 70, 80, 90
+            trainer.step()
+        writer.sync()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    writer.on_end(trainer, "stopped")
+    run = open_run(tmp_path / "r")
+    stored = run.scalars("loss", level=0)
+    assert stored.step.tolist() == list(range(1, 100))
+    np.testing.assert_allclose(stored.value.to_numpy(), torch.stack(losses.values).cpu().numpy(), rtol=1e-6)
+    assert run.tensor_steps("surprise") == list(range(10, 100, 10))
+    assert {90} <= set(run.memory_steps().step)

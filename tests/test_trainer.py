@@ -323,12 +323,22 @@ def test_autocast_names_what_is_allowed():
         tiny_config(autocast="fp16")
 
 
+SYNC_SETUPS = {
+    "defaults": {},
+    "dgd+surprise+mean": dict(
+        model=ModelConfig(levels=(LevelSpec(period=1, optimizer="dgd", lr=1e-3), LevelSpec(period=4, optimizer="sgd", lr=1e-2))),
+        surprise=SurpriseConfig(enabled=True), accumulate="mean", linears_every=1),
+    "independent": dict(model=ModelConfig(variant="independent")),
+}
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU")
+@pytest.mark.parametrize("setup", list(SYNC_SETUPS))
 @pytest.mark.parametrize("autocast", ["none", "bf16"])
-def test_cuda_steps_between_syncs_never_wait_for_the_host(autocast):
+def test_cuda_steps_between_syncs_never_wait_for_the_host(autocast, setup):
     """On CUDA the trainer reads the device only every sync_every steps: with
     torch.cuda.set_sync_debug_mode('error') any other host synchronisation raises."""
-    cfg = TrainConfig(steps=10**6, device="cuda", sync_every=50, autocast=autocast)
+    cfg = TrainConfig(steps=10**6, device="cuda", sync_every=50, autocast=autocast, **SYNC_SETUPS[setup])
     trainer = Trainer(cfg)
     trainer.run(steps=50)  # warm-up, ends on a sync step
     torch.cuda.synchronize()
