@@ -384,6 +384,7 @@ def test_writing_a_result_again_leaves_no_figure_of_the_earlier_one(tmp_path):
     (lambda: levels.LevelsSettings(level_counts=()), r"^LevelsSettings.level_counts: must be a non-empty tuple"),
     (lambda: ablation.AblationSettings(surprise_weight=-0.1), r"^AblationSettings.surprise_weight: must hold non-negative"),
     (lambda: co2.CO2Settings(weeks=-1), r"^CO2Settings.weeks: must be an integer >= 0, got -1$"),
+    (lambda: co2.CO2Settings(weeks=10), r"^CO2Settings.weeks: must be 0 \(all\) or more than window \+ horizon \(56\)"),
 ])
 def test_bad_settings_name_the_field(make, match):
     from nlviz import ConfigError
@@ -392,7 +393,19 @@ def test_bad_settings_name_the_field(make, match):
         make()
 
 
-def test_every_experiments_settings_are_valid():
-    for experiment in EXPERIMENTS.values():
-        for settings in (experiment.full, experiment.quick):
-            type(settings)(**{f: getattr(settings, f) for f in settings.__dataclass_fields__})  # checks again
+
+def test_check_settings_reads_real_types_and_refuses_unknown_ones():
+    import dataclasses
+
+    from nlviz import ConfigError
+    from nlviz.experiments.common import check_settings
+
+    Typed = dataclasses.make_dataclass("Typed", [("n", int), ("xs", tuple[int, ...])])  # types, not strings
+    check_settings(Typed(3, (1, 2)))
+    with pytest.raises(ConfigError, match=r"^Typed.n: must be an integer >= 1, got 0$"):
+        check_settings(Typed(0, (1,)))
+    with pytest.raises(ConfigError, match=r"^Typed.xs: must be a non-empty tuple of integers >= 1"):
+        check_settings(Typed(1, ()))
+    Odd = dataclasses.make_dataclass("Odd", [("items", list)])
+    with pytest.raises(TypeError, match="Odd.items has a type it does not check"):
+        check_settings(Odd([]))

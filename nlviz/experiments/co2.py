@@ -48,7 +48,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..config import LevelSpec, ModelConfig, TrainConfig
+from ..config import ConfigError, LevelSpec, ModelConfig, TrainConfig
 from ..trainer import StepEvent, Subscriber, Trainer
 from .common import Experiment, Outcome, Progress, check_settings, spread
 from .series import WindowTask
@@ -75,6 +75,9 @@ class CO2Settings:
 
     def __post_init__(self) -> None:
         check_settings(self, zero_ok=frozenset({"weeks"}))
+        if self.weeks and self.weeks <= self.window + self.horizon:
+            raise ConfigError(f"CO2Settings.weeks: must be 0 (all) or more than window + horizon "
+                              f"({self.window + self.horizon}), got {self.weeks}")
 
 
 def load_co2(weeks: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -25,6 +25,7 @@ import math
 import os
 import platform
 import shutil
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -98,6 +99,10 @@ class _Advance(Subscriber):
         self.progress.advance()
 
 
+# Field types whose values validate themselves (task configs) or need no check.
+CHECKED_ELSEWHERE = frozenset({"MultiscaleConfig", "DigitsConfig", "str", "bool"})
+
+
 def check_settings(settings: Any, zero_ok: frozenset[str] = frozenset(),
                    fractions: frozenset[str] = frozenset()) -> None:
     """Check an experiment's settings dataclass by its fields' declared types: integers and
@@ -105,7 +110,13 @@ def check_settings(settings: Any, zero_ok: frozenset[str] = frozenset(),
     entries, and the fields in `fractions` in [0, 1). Raises ConfigError naming the field."""
     cls = type(settings).__name__
     for f in dataclasses.fields(settings):
-        name, value, kind = f"{cls}.{f.name}", getattr(settings, f.name), str(f.type)
+        # Annotations are strings under `from __future__ import annotations`, types otherwise.
+        if isinstance(f.type, str):
+            kind = f.type
+        else:  # a generic alias such as tuple[int, ...] prints as written; a class by its name
+            kind = str(f.type) if typing.get_origin(f.type) is not None else getattr(f.type, "__name__", str(f.type))
+        kind = kind.replace("typing.", "").replace("Tuple[", "tuple[")
+        name, value = f"{cls}.{f.name}", getattr(settings, f.name)
         lo = 0 if f.name in zero_ok else 1
         if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
@@ -126,8 +137,10 @@ def check_settings(settings: Any, zero_ok: frozenset[str] = frozenset(),
                     raise ConfigError(f"{name}: must hold {allowed}, got {value!r}")
         elif kind.startswith("tuple[int"):
             if (not isinstance(value, tuple) or not value
-                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-                raise ConfigError(f"{name}: must be a non-empty tuple of integers >= 1, got {value!r}")
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < lo for v in value)):
+                raise ConfigError(f"{name}: must be a non-empty tuple of integers >= {lo}, got {value!r}")
+        elif kind not in CHECKED_ELSEWHERE:
+            raise TypeError(f"check_settings: {name} has a type it does not check ({kind}); check it in __post_init__")
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
@@ -199,9 +212,9 @@ def write_result(out: Path, result: dict[str, Any], figures: dict[str, Any]) -> 
     """Write result.json and the figures (HTML, and PNG when kaleido works) into `out`.
 
     Returns the result as written (with `files`, `png` and `png_note` filled in). The figures
-    are written into a fresh folder that then replaces the old one (no figure of an earlier
-    run stays behind), and result.json is replaced in one rename, last: a failure on the way
-    leaves the previous result whole.
+    are written into a fresh folder that then takes the old one's place by two renames (no
+    figure of an earlier run stays behind), and result.json is replaced in one rename right
+    after: a failure while rendering leaves the previous result whole.
     """
     out.mkdir(parents=True, exist_ok=True)
     fig_dir, staging = out / FIGURES_DIR, out / f"{FIGURES_DIR}.tmp"
@@ -216,9 +229,13 @@ def write_result(out: Path, result: dict[str, Any], figures: dict[str, Any]) -> 
     text = json.dumps(jsonable(result), indent=1, allow_nan=False)
     tmp = out / (RESULT_NAME + ".tmp")
     tmp.write_text(text)
-    shutil.rmtree(fig_dir, ignore_errors=True)
+    old = out / f"{FIGURES_DIR}.old"
+    shutil.rmtree(old, ignore_errors=True)  # left by an earlier failure, if any
+    if fig_dir.exists():
+        fig_dir.rename(old)
     staging.rename(fig_dir)
     os.replace(tmp, out / RESULT_NAME)  # a reader never sees half a result
+    shutil.rmtree(old, ignore_errors=True)
     return json.loads(text)
 
 
