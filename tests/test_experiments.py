@@ -409,3 +409,13 @@ def test_check_settings_reads_real_types_and_refuses_unknown_ones():
     Odd = dataclasses.make_dataclass("Odd", [("items", list)])
     with pytest.raises(TypeError, match="Odd.items has a type it does not check"):
         check_settings(Odd([]))
+
+
+def test_compare_and_curve_read_the_intervals():
+    from nlviz.experiments.common import compare, curve
+
+    low, high, wide, one = spread([1.0, 1.1, 0.9]), spread([5.0, 5.1, 4.9]), spread([0.0, 6.0, 3.0]), spread([2.0])
+    assert compare(high, low) == "above" and compare(low, high) == "below"
+    assert compare(wide, low) == "overlap" and compare(one, low) is None
+    c = curve([[1.0, 1.1, 0.9], [], [5.0, 5.1, 4.9]])
+    assert c["mean"][0] == pytest.approx(1.0) and c["mean"][1] is None and c["lo"][2] == pytest.approx(high["lo"])

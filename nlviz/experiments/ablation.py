@@ -30,7 +30,7 @@ from typing import Sequence
 
 from ..config import ModelConfig, MultiscaleConfig, SurpriseConfig
 from ..trainer import DivergenceError
-from .common import Experiment, Outcome, Progress, check_settings, spread
+from .common import Experiment, Outcome, Progress, check_settings, compare, spread
 from .streams import matched_levels, multiscale_config, multiscale_tracking
 
 __all__ = ["AblationSettings", "Variant", "EXPERIMENT", "variants"]
@@ -124,6 +124,12 @@ def _run(s: AblationSettings, seeds: Sequence[int], progress: Progress) -> Outco
     return Outcome(per_seed=per_seed, summary=summary, data=data, findings=_findings(summary))
 
 
+# Where a row's interval lies against the full model's (common.compare), in words.
+VERDICTS = {None: "no interval (one seed)", "above": "worse than the full model (intervals do not overlap)",
+            "below": "better than the full model (intervals do not overlap)",
+            "overlap": "not distinguishable from the full model (intervals overlap)"}
+
+
 def _findings(summary: list[dict]) -> list[str]:
     rows = {r["condition"]: r for r in summary if r["metric"] == "multiscale MSE (2nd half)"}
     full = rows[FULL]
@@ -137,14 +143,7 @@ def _findings(summary: list[dict]) -> list[str]:
         if r["mean"] is None:
             lines.append(f"{name}: diverged on every seed.")
             continue
-        if r["ci95"] is None or full["ci95"] is None:
-            verdict = "no interval (one seed)"
-        elif r["lo"] > full["hi"]:
-            verdict = "worse than the full model (intervals do not overlap)"
-        elif r["hi"] < full["lo"]:
-            verdict = "better than the full model (intervals do not overlap)"
-        else:
-            verdict = "not distinguishable from the full model (intervals overlap)"
+        verdict = VERDICTS[compare(r, full)]
         diverged = f"; diverged on {r['diverged_seeds']} seed(s)" if r["diverged_seeds"] else ""
         ratio = r["mean"] / full["mean"]
         lines.append(f"{name}: {r['mean']:.4g} ({ratio:.2f}x the full model's), {verdict}{diverged}.")

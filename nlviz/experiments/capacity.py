@@ -32,7 +32,7 @@ from torch import Tensor
 from .. import rules
 from ..config import ConfigError
 from ..tasks import make_pairs
-from .common import Experiment, Outcome, Progress, check_settings, spread
+from .common import Experiment, Outcome, Progress, check_settings, curve, spread
 
 __all__ = ["CapacitySettings", "EXPERIMENT", "store", "recall_error", "measure", "delta_by_sweeps"]
 
@@ -117,15 +117,13 @@ def _curves(per_seed: list[dict], key: str) -> dict[str, dict[str, list]]:
     out = {}
     for rule in RULES:
         table = np.array([rec[key][rule] for rec in per_seed])  # (seeds, points)
-        stats = [spread(table[:, j]) for j in range(table.shape[1])]
-        out[rule] = {k: [st[k] for st in stats] for k in ("mean", "lo", "hi")}
+        out[rule] = curve(table.T)
     return out
 
 
 def _sweep_curve(per_seed: list[dict]) -> dict[str, list]:
     table = np.array([rec["delta_by_sweeps"] for rec in per_seed])  # (seeds, checkpoints)
-    stats = [spread(table[:, j]) for j in range(table.shape[1])]
-    return {k: [st[k] for st in stats] for k in ("mean", "lo", "hi")}
+    return curve(table.T)
 
 
 def _summary(s: CapacitySettings, per_seed: list[dict]) -> list[dict]:

@@ -38,7 +38,7 @@ from ..trainer import StepEvent, Subscriber
 
 __all__ = [
     "Experiment", "Outcome", "Progress", "spread", "machine", "results_dir", "write_result", "load_result",
-    "list_results", "RESULT_NAME", "FIGURES_DIR", "jsonable", "check_settings",
+    "list_results", "RESULT_NAME", "FIGURES_DIR", "jsonable", "check_settings", "curve", "compare",
 ]
 
 RESULT_NAME = "result.json"
@@ -155,6 +155,21 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     std = float(x.std(ddof=1))
     half = float(student_t.ppf(0.975, n - 1) * std / math.sqrt(n))
     return {"n": n, "mean": mean, "std": std, "ci95": half, "lo": mean - half, "hi": mean + half}
+
+
+def curve(points: Sequence[Sequence[float]]) -> dict[str, list]:
+    """Mean, lo and hi over seeds at each point of a sweep: points[j] holds point j's per-seed
+    values (empty where a point has none, which gives None)."""
+    stats = [spread(values) for values in points]
+    return {k: [st[k] for st in stats] for k in ("mean", "lo", "hi")}
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Where spread a's 95 % interval lies against b's: "above", "below", "overlap", or None
+    when either has none. Two conditions are called different only where they do not overlap."""
+    if a["ci95"] is None or b["ci95"] is None:
+        return None
+    return "above" if a["lo"] > b["hi"] else "below" if a["hi"] < b["lo"] else "overlap"
 
 
 def machine(device: torch.device | str = "cpu") -> dict[str, Any]:

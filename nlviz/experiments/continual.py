@@ -27,7 +27,7 @@ from typing import Sequence
 
 from ..config import ConfigError, DigitsConfig, ModelConfig
 from ..trainer import Trainer
-from .common import Experiment, Outcome, Progress, check_settings, spread
+from .common import Experiment, Outcome, Progress, check_settings, compare, curve, spread
 from .ewc import EWC
 from .streams import (average_accuracy, digits_config, digits_stream, forgetting, geometric_periods, matched_levels,
                       parameter_count)
@@ -100,8 +100,7 @@ def _train(s: ContinualSettings, periods: tuple[int, ...], use_ewc: bool, seed: 
 
 def _curve(values: list[list[float | None]]) -> dict[str, list]:
     """Per task: mean, lo, hi over seeds (None where a task has no value, e.g. forgetting after task 1)."""
-    stats = [spread([v[j] for v in values]) if values[0][j] is not None else spread([]) for j in range(len(values[0]))]
-    return {k: [st[k] for st in stats] for k in ("mean", "lo", "hi")}
+    return curve([[v[j] for v in values] if values[0][j] is not None else [] for j in range(len(values[0]))])
 
 
 def _run(s: ContinualSettings, seeds: Sequence[int], progress: Progress) -> Outcome:
@@ -136,15 +135,13 @@ def _findings(names: list[str], summary: list[dict], sizes: dict[str, int]) -> l
         f, a = final[name], acc[name]
         interval = f" +- {f['ci95']:.3f}" if f["ci95"] is not None else ""
         lines.append(f"{name}: final average accuracy {a['mean']:.3f}, final forgetting {f['mean']:.3f}{interval}.")
+    verdicts = {"below": "forgets less than one level (intervals do not overlap)",
+                "above": "forgets more than one level (intervals do not overlap)",
+                "overlap": "does not forget measurably less or more than one level (intervals overlap)"}
     for name in names[1:]:
-        f = final[name]
-        if f["ci95"] is None or base["ci95"] is None:
-            continue
-        separated = f["hi"] < base["lo"] or f["lo"] > base["hi"]
-        verdict = ("forgets less than one level (intervals do not overlap)" if separated and f["mean"] < base["mean"]
-                   else "forgets more than one level (intervals do not overlap)" if separated
-                   else "does not forget measurably less or more than one level (intervals overlap)")
-        lines.append(f"{name} {verdict}.")
+        where = compare(final[name], base)
+        if where is not None:
+            lines.append(f"{name} {verdicts[where]}.")
     return lines
 
 

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..config import DigitsConfig, ModelConfig, MultiscaleConfig
-from .common import Experiment, Outcome, Progress, check_settings, spread
+from .common import Experiment, Outcome, Progress, check_settings, compare, spread
 from .streams import (average_accuracy, digits_config, digits_stream, forgetting, geometric_periods, matched_levels,
                       multiscale_config, multiscale_tracking)
 
@@ -112,15 +112,13 @@ def _findings(s: LevelsSettings, summary: list[dict]) -> list[str]:
                                   "Highest digits final average accuracy of a multi-level model"),
                                  (METRICS["forgetting"][1], True, "Lowest digits forgetting of a multi-level model")):
         best, base = _best(summary, metric, lowest), one[metric]
-        unknown = best["ci95"] is None or base["ci95"] is None
-        overlap = unknown or not (best["hi"] < base["lo"] or best["lo"] > base["hi"])
+        overlap = compare(best, base) in (None, "overlap")
         lines.append(f"{what}: {best['condition']} ({best['mean']:.4g}) against one level ({base['mean']:.4g}); "
                      f"{'intervals overlap' if overlap else 'intervals do not overlap'}.")
     mse = [r for r in summary if r["metric"] == METRICS["mse"][1]]
     by_k = {k: np.mean([r["mean"] for r in mse if r["levels"] == k]) for k in s.level_counts}
     base = one[METRICS["mse"][1]]
-    worse = [r for r in mse if r["levels"] > 1 and r["ci95"] is not None and base["ci95"] is not None
-             and r["lo"] > base["hi"]]
+    worse = [r for r in mse if r["levels"] > 1 and compare(r, base) == "above"]
     lines.append("Multiscale MSE by number of levels (mean over the lowest periods): "
                  + ", ".join(f"{k} level{'s' if k > 1 else ''} {v:.4g}" for k, v in by_k.items())
                  + f"; {len(worse)} of {len(mse) - 1} multi-level models have an interval entirely above one level's.")
