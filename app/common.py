@@ -25,10 +25,12 @@ PLOT_POINTS = 1000  # points per series a plot asks for; the store decimates, ke
 CLOCK_EVENTS = figures.BAND_EVENTS  # events per level drawn one by one; a level with more is drawn as a band
 REFRESH_S = 0.5  # how often the Step metric and the loss re-read the store (the writer commits twice a second)
 LEVELS_REFRESH_S = 1.0  # how often the per-level panels and heatmaps do (the issue asks at least once a second)
-# Niceness added to the dashboard's training processes: on a machine with few cores the server
-# and the browser drawing the page come first (docs/benchmarks.md measures what it costs the run).
+
+
 def train_nice() -> int:
-    """NLVIZ_TRAIN_NICE, default 10; ValueError naming the variable when it is not 0 to 19."""
+    """NLVIZ_TRAIN_NICE, default 10: niceness added to the dashboard's training processes, so on a
+    machine with few cores the server and the browser drawing the page come first (docs/benchmarks.md
+    measures what it costs the run). ValueError naming the variable when it is not 0 to 19."""
     text = os.environ.get("NLVIZ_TRAIN_NICE", "10")
     try:
         value = int(text)

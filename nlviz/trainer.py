@@ -17,7 +17,9 @@ tuple of its nn.Linear layers), `io_parameters()`, and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -152,6 +154,9 @@ class Trainer:
         # every update of a level whose period is at least this (those are rare anyway).
         self.measure_updates = int(measure_updates)
         self.sync_every = config.sync_every or (1 if self.device.type == "cpu" else 50)
+        # The forward pass's context, built once: bf16 autocast, or nothing at all on the hot path.
+        self._forward_context = (functools.partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
+                                 if config.autocast == "bf16" else contextlib.nullcontext)
         # Device-side record of the first non-finite step (used when sync_every > 1).
         self._first_bad = torch.zeros((), dtype=torch.long, device=self.device)
         self._bad_loss = torch.zeros((), dtype=torch.bool, device=self.device)
@@ -175,7 +180,7 @@ class Trainer:
         t, due = self.clock.tick()
         x, target = self.task.batch(t, self.config.batch_size)
         cap = self.capture
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.autocast == "bf16"):
+        with self._forward_context():
             if cap is not None:
                 out, traces = self.model(x, return_internals=True)
                 every = self.config.linears_every
