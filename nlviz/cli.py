@@ -131,6 +131,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         head_lr=a.head_lr,
         sync_every=a.sync_every,
         autocast=a.autocast,
+        diverging_factor=a.diverging_factor,
+        diverging_stop=a.stop_diverging,
     )
 
 
@@ -167,6 +169,11 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sync-every", type=int, default=0, help="host reads every N steps (0 = auto)")
     t.add_argument("--autocast", default="none", choices=("none", "bf16"),
                    help="bf16: forward pass under torch.autocast(bfloat16); weights and optimizer stay float32")
+    t.add_argument("--diverging-factor", type=float, default=1e4, metavar="F",
+                   help="warn that the run is diverging once its loss passes F x the smallest loss of its first "
+                        "100 steps (default 1e4; 0 = never)")
+    t.add_argument("--stop-diverging", action="store_true",
+                   help="end a diverging run there (status diverged) instead of warning and going on")
     t.add_argument("--out", help="run directory, new or empty: run.sqlite (the live record), checkpoint.pt, summary.json")
     t.add_argument("--resume", metavar="DIR",
                    help="continue an interrupted run from its last checkpoint, with its own settings")
@@ -192,6 +199,7 @@ _OPTIONS = {
     "steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "device": "--device",
     "accumulate": "--accumulate", "head_lr": "--head-lr", "head_optimizer": "--head-optimizer",
     "sync_every": "--sync-every", "levels.width": "--widths", "levels": "--levels",
+    "diverging_factor": "--diverging-factor", "diverging_stop": "--stop-diverging",
     "surprise.weights": "--surprise-weights", "surprise.every": "--surprise-every",
     "surprise.clip": "--surprise-clip", "surprise.sign": "--surprise-sign",
 }
@@ -274,7 +282,17 @@ def _train(a: argparse.Namespace) -> int:
 
     from .rundir import CHECKPOINT_NAME, SUMMARY_NAME, Checkpointer, write_summary
     from .store import RunWriter
-    from .trainer import DivergenceError, Trainer
+    from .trainer import DivergenceError, Subscriber, Trainer
+
+    class DivergingWarning(Subscriber):
+        """Says on stderr, once, above the progress bar, that the run has started to diverge."""
+
+        def on_diverging(self, event) -> None:
+            if config.diverging_stop:
+                return  # the run ends here, and its error says so
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"nlviz: warning: {event.message}", file=sys.stderr)
 
     if a.threads:
         import torch
@@ -288,7 +306,7 @@ def _train(a: argparse.Namespace) -> int:
     writer = RunWriter(out, **cadence, resume_after=trainer.clock.t if resuming else None)
 
     checkpointer = Checkpointer(writer, a.checkpoint_every)
-    trainer.subscribers += [writer, checkpointer]
+    trainer.subscribers += [writer, checkpointer, DivergingWarning()]
     if a.tensorboard:
         from .mirror import TensorBoardMirror
 
@@ -349,7 +367,8 @@ def _runs(a: argparse.Namespace) -> int:
     if not parent.is_dir():
         return _fail(f"PARENT: {parent} is not a directory")
     rows = [(i.name, i.status, "-", "-", i.message) if i.status == "unreadable" else
-            (i.name, i.status, f"{i.last_step}/{i.total if i.total is not None else '?'}", _age(i.age_s), i.task)
+            (i.name, f"{i.status} (diverging)" if i.diverging else i.status,
+             f"{i.last_step}/{i.total if i.total is not None else '?'}", _age(i.age_s), i.task)
             for i in sorted(list_runs(parent), key=lambda i: i.name)]
     if not rows:
         print(f"no runs in {parent}")

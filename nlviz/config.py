@@ -250,6 +250,8 @@ class TrainConfig:
     linears_every: int = 10  # with capture, also each linear layer's input and output gradient every N steps (0 = never): Eq 25 from data; costs time and activation memory
     sync_every: int = 0  # host reads (progress, non-finite check) every N steps; 0 = 1 on cpu, 50 on gpu
     autocast: str = "none"  # "bf16": forward pass and loss under torch.autocast(bfloat16); parameters, gradients, optimizer state and the task's final evaluation stay float32
+    diverging_factor: float = 1e4  # flag the run as diverging once its loss passes this many times its early minimum (nlviz.diverging); 0 = never
+    diverging_stop: bool = False  # end a diverging run there (status diverged) instead of flagging it and going on
 
     def __post_init__(self) -> None:
         _choice("task", self.task, tuple(TASK_CONFIGS))
@@ -280,6 +282,12 @@ class TrainConfig:
         _int("linears_every", self.linears_every, 0)
         _int("sync_every", self.sync_every, 0)
         _choice("autocast", self.autocast, AUTOCAST)
+        f = self.diverging_factor
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not (f == 0 or f > 1):
+            raise ConfigError(f"diverging_factor: must be 0 (off) or a finite number > 1, got {f!r}")
+        _bool("diverging_stop", self.diverging_stop)
+        if self.diverging_stop and not self.diverging_factor:
+            raise ConfigError("diverging_stop: needs the diverging rule on (diverging_factor > 1), got diverging_factor 0")
         if self.surprise.enabled and not self.capture:
             raise ConfigError("capture: the surprise objective reads u_l, so capture must be true when surprise.enabled is")
 

@@ -81,6 +81,8 @@ def write_summary(
         summary.update(error=str(error), diverged_step=error.step, diverged_level=error.level)
     elif error is not None:
         summary.update(error=str(error))
+    if trainer.diverging is not None:
+        summary.update(diverging=trainer.diverging.to_dict())
     t = trainer.clock.t
     summary.update(status=status, steps_done=t, seconds=round(seconds, 3),
                    steps_per_second=round((t - first_step) / max(seconds, 1e-9), 1),

@@ -53,9 +53,11 @@ import torch
 from torch import Tensor
 
 from . import rules
+from .diverging import DivergingEvent
 from .trainer import DivergenceError, LevelUpdateEvent, StepEvent, Subscriber
 
-__all__ = ["RunWriter", "RunReader", "MemoryRecord", "RunInfo", "list_runs", "RunStoreError", "open_run", "run_directory", "index_scalars", "STORE_NAME", "SCHEMA"]
+__all__ = ["RunWriter", "RunReader", "MemoryRecord", "RunInfo", "list_runs", "RunStoreError", "open_run", "run_directory",
+           "index_scalars", "STORE_NAME", "SCHEMA", "STATUSES"]
 
 STORE_NAME = "run.sqlite"
 HEARTBEAT_S = 1.0  # the writer refreshes its heartbeat at least this often
@@ -89,6 +91,18 @@ CREATE TABLE IF NOT EXISTS tensors (
 TABLES = ("meta", "scalars", "series", "scalar_lod", "level_updates", "tensors", "memory")
 _MEMORY_BLOBS = ("x", "u", "wx", "x_sq", "weight", "outer", "grad")
 LOD_WIDTH = 256  # steps per level-of-detail bucket: 1,000,000 steps are about 3,900 rows per series
+
+
+STATUSES = ("starting", "running", "finished", "interrupted", "failed", "diverged")
+
+
+def _status(meta: dict[str, Any]) -> str:
+    status = meta.get("status")
+    if status is None:
+        return "starting"
+    if status == "running" and time.time() - meta.get("heartbeat", 0) > STALE_S:
+        return "interrupted"
+    return status
 
 
 class RunStoreError(ValueError):
@@ -211,15 +225,22 @@ class RunWriter(Subscriber):
         self.directory.mkdir(parents=True, exist_ok=True)
         con = _connect(self.path)
         try:
-            con.executescript(SCHEMA)
+            # The tables and the meta rows appear in one transaction: a reader that opens the
+            # file meanwhile sees no tables (RunStoreError) or a run with a status and a fresh
+            # heartbeat, never a run without either (which would read as interrupted).
+            # BEGIN IMMEDIATE takes the write lock first, so checking for another writer and
+            # claiming the store are one act.
+            con.executescript("BEGIN IMMEDIATE;\n" + SCHEMA)
             self._refuse_second_writer(con)
             now = time.time()
             if self.resume_after is not None:
-                with con:
-                    for table in ("scalars", "level_updates", "tensors", "memory"):
-                        con.execute(f"DELETE FROM {table} WHERE step > ?", [self.resume_after])
-                    con.execute("DELETE FROM scalar_lod WHERE bucket >= ?", [self.resume_after // LOD_WIDTH])
-                    index_scalars(con, self.resume_after)
+                for table in ("scalars", "level_updates", "tensors", "memory"):
+                    con.execute(f"DELETE FROM {table} WHERE step > ?", [self.resume_after])
+                con.execute("DELETE FROM scalar_lod WHERE bucket >= ?", [self.resume_after // LOD_WIDTH])
+                index_scalars(con, self.resume_after)
+                flag = con.execute("SELECT value FROM meta WHERE key = 'diverging'").fetchone()
+                if flag is not None and json.loads(flag[0]).get("step", 0) > self.resume_after:
+                    con.execute("DELETE FROM meta WHERE key = 'diverging'")  # flagged after the checkpoint
             meta = {
                 "format": 1,
                 "config": trainer.config.to_dict(),
@@ -236,8 +257,11 @@ class RunWriter(Subscriber):
             if self.resume_after is not None:
                 del meta["start_time"]
                 meta["resumed_at_step"] = self.resume_after
-            with con:
-                con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
         finally:
             con.close()
         trainer.measure_updates = self.scalars_every  # update_norm at the scalar cadence
@@ -279,6 +303,9 @@ class RunWriter(Subscriber):
         if self._updates and step % self.scalars_every == 0:
             self._put(("updates", self._updates))
             self._updates = []
+
+    def on_diverging(self, event: DivergingEvent) -> None:
+        self._put(("meta", {"diverging": event.to_dict()}))
 
     def on_end(self, trainer, status: str, error: BaseException | None = None) -> None:
         self._put(("updates", self._updates))
@@ -472,6 +499,8 @@ class RunWriter(Subscriber):
             elif kind == "status":
                 _, status, extra = item
                 meta.update(status=status, **extra)
+            elif kind == "meta":
+                meta.update(item[1])
         with con:
             con.executemany("INSERT OR REPLACE INTO scalars VALUES (?, ?, ?, ?)", scalars)
             con.executemany("INSERT OR IGNORE INTO series VALUES (?, ?)", {(n, lv) for _, lv, n, _ in scalars})
@@ -534,13 +563,18 @@ class RunReader:
 
     @property
     def status(self) -> str:
-        """running, finished, interrupted, failed or diverged. A running run whose writer
+        """One of STATUSES: running, finished, interrupted, failed or diverged; starting for a
+        store whose writer has not written its first meta rows yet. A running run whose writer
         stopped refreshing its heartbeat (killed, power cut) reads as interrupted."""
-        meta = self._meta()
-        status = meta.get("status", "running")
-        if status == "running" and time.time() - meta.get("heartbeat", 0) > STALE_S:
-            return "interrupted"
-        return status
+        return _status(self._meta())
+
+    @property
+    def diverging(self) -> dict[str, Any] | None:
+        """None, or where the run began to diverge (`nlviz.diverging`: its loss grew past the
+        rule's factor times its early minimum while still finite): step, level (from 1, or None),
+        loss, reference, reference_step, factor, growth, message. A diverging run goes on
+        training unless it was asked to stop; its status says whether it did."""
+        return self._meta().get("diverging")
 
     def last_step(self) -> int:
         row = self._con.execute("SELECT MAX(step) FROM scalars").fetchone()
@@ -724,6 +758,7 @@ class RunInfo:
     periods: tuple[int, ...]  # C(l) of each level
     age_s: float  # seconds since the writer was last heard from
     message: str = ""
+    diverging: str = ""  # RunReader.diverging's message, when the run was flagged as diverging
 
 
 def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
@@ -733,18 +768,33 @@ def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
         try:
             run = open_run(d)
             try:
-                meta, status, last = run.meta, run.status, run.last_step()
+                meta, last = run.meta, run.last_step()
             finally:
                 run.close()
         except (RunStoreError, sqlite3.Error, KeyError, ValueError) as e:
-            infos.append(RunInfo(d.name, d, "unreadable", 0, None, "?", (), math.inf, str(e)))
+            age = time.time() - (d / STORE_NAME).stat().st_mtime
+            if age < STALE_S and _no_tables(d / STORE_NAME):  # its writer is creating it right now
+                infos.append(RunInfo(d.name, d, "starting", 0, None, "?", (), age))
+            else:
+                infos.append(RunInfo(d.name, d, "unreadable", 0, None, "?", (), math.inf, str(e)))
             continue
         config = meta.get("config", {})
         periods = tuple(lv.get("period", 1) for lv in config.get("model", {}).get("levels", ()))
         seen = meta.get("heartbeat", meta.get("start_time", 0.0))
-        infos.append(RunInfo(d.name, d, status, last, config.get("steps"), config.get("task", "?"), periods,
-                             time.time() - seen, meta.get("message", "")))
+        infos.append(RunInfo(d.name, d, _status(meta), last, config.get("steps"), config.get("task", "?"), periods,
+                             time.time() - seen, meta.get("message", ""), (meta.get("diverging") or {}).get("message", "")))
     return sorted(infos, key=lambda i: i.age_s)
+
+
+def _no_tables(db: Path) -> bool:
+    try:
+        con = _connect(db, readonly=True)
+        try:
+            return con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return False
 
 
 def open_run(path: str | os.PathLike) -> RunReader:

@@ -37,6 +37,7 @@ from .clock import LevelClock
 from .cms import CMS, LevelTrace
 from .config import ConfigError, TrainConfig
 from .device import describe_device, resolve_device, seed_everything
+from .diverging import DivergingEvent, DivergingWatch
 from .optim import DGD, UpdateGroup, build_update_groups
 from .surprise import SurpriseCapture
 from .tasks import Task, make_task
@@ -56,7 +57,8 @@ CHECKPOINT_FORMAT = "nlviz-checkpoint-2"
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or surprise; `step` and `level` (from 1) say where."""
+    """Training produced a non-finite loss or surprise, or a diverging loss when
+    `diverging_stop` asks to end there; `step` and `level` (from 1) say where."""
 
     def __init__(self, message: str, step: int, level: int | None):
         super().__init__(message)
@@ -91,6 +93,9 @@ class Subscriber:
     def on_start(self, trainer: "Trainer") -> None: ...
     def on_step(self, event: StepEvent) -> None: ...
     def on_level_update(self, event: LevelUpdateEvent) -> None: ...
+    def on_diverging(self, event: DivergingEvent) -> None:
+        """The loss has just passed the diverging rule (nlviz.diverging); once per run."""
+
     def on_step_end(self, trainer: "Trainer", step: int) -> None:
         """The step is complete (parameters updated): a consistent point to checkpoint."""
 
@@ -166,6 +171,8 @@ class Trainer:
         self._started = False
         self._stop = False
         self.last_loss: Tensor | None = None
+        self.watch = DivergingWatch(config.diverging_factor)  # fed the losses read at sync steps
+        self.diverging: DivergingEvent | None = None  # set when the watch fires
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> StepEvent:
@@ -205,10 +212,11 @@ class Trainer:
             vitals = self.last_loss.reshape(1)  # (1,)
         if self.sync_every > 1:
             self._track(t, vitals, traces)
-        loss_value, healthy = None, True
+        loss_value, healthy, flag = None, True, None
         if t % self.sync_every == 0 or t == self.config.steps:
             values = vitals.tolist()  # the one host read, at the sync cadence
             loss_value, healthy = values[0], all(map(math.isfinite, values))
+            flag = self.watch.observe(t, values[0], values[1:])
 
         # Subscribers see the step before the parameters move: activations and surprises
         # belong to the parameters that produced them, and `updated` says who moves next.
@@ -228,6 +236,12 @@ class Trainer:
             self._diverged(t, traces, vitals)
         if t % self.sync_every == 0:
             self.check_health()
+        if flag is not None:
+            self.diverging = flag
+            for s in self.subscribers:
+                s.on_diverging(flag)
+            if self.config.diverging_stop:
+                raise DivergenceError(f"{flag.message}; stopped there (diverging_stop)", t, flag.level)
         if not keep:  # free the activations before the optimizer allocates its temporaries
             del event, traces, out, x
             if cap is not None:
@@ -386,6 +400,7 @@ class Trainer:
             "clock": self.clock.state_dict(),
             "task": self.task.state_dict(),
             "rng": rng,
+            "diverging": self.watch.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -413,6 +428,8 @@ class Trainer:
         np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        if "diverging" in state:  # checkpoints written before the rule existed start it afresh
+            self.watch.load_state_dict(state["diverging"])
         self._started = False
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
