@@ -1,8 +1,12 @@
-"""Shared helpers for the tests: tiny configs and a reference re-computation of one step."""
+"""Shared helpers for the tests: tiny configs, a reference re-computation of one step, and
+waiting for a condition (never a fixed sleep: the machine may be small and shared)."""
 
 from __future__ import annotations
 
 import copy
+import subprocess
+import time
+from typing import Callable
 
 import pytest
 import torch
@@ -49,6 +53,19 @@ def reference_step(trainer: Trainer):
     x, y = peek_batch(trainer, t)
     out, traces = ref(x, return_internals=True)
     return ref, trainer.task.loss(out, y), out, traces
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0,
+             proc: subprocess.Popen | None = None, detail: Callable[[], str] = lambda: "") -> None:
+    """Call condition() every 50 ms until it is true. Fails naming `what` after `timeout`
+    seconds, or as soon as `proc` (a process the condition depends on) has exited."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process ended first, with exit status {proc.returncode}. {detail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s. {detail()}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(autouse=True)

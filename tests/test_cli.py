@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from conftest import wait_for
+
 BAD_ARGS = [
     (["--levels", "0,8"], "--levels"),
     (["--levels", "1.5"], "--levels"),
@@ -90,17 +92,25 @@ def test_autocast_bf16_from_the_command_line(tmp_path):
 
 def test_ctrl_c_finishes_the_step_and_leaves_a_checkpoint_that_resumes(tmp_path):
     import signal
-    import time
 
-    from nlviz import Trainer
+    from nlviz import Trainer, open_run
+    from nlviz.store import RunStoreError
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "nlviz", "train", "--steps", "1000000", "--no-progress",
                              "--device", "cpu", "--out", str(out)], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while not out.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)  # let it train a little
+
+    def trained_a_little():
+        try:
+            run = open_run(out)
+        except RunStoreError:  # no store yet
+            return False
+        try:
+            return run.last_step() > 0
+        finally:
+            run.close()
+
+    wait_for(trained_a_little, "the run recording its first steps", proc=proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from nlviz import DivergenceError, LevelClock, Subscriber, Trainer, TrainConfig, rules
-from nlviz.store import LOD_WIDTH, SCHEMA, RunStoreError, RunWriter, index_scalars, open_run
+from nlviz.store import LOD_WIDTH, SCHEMA, STALE_S, RunStoreError, RunWriter, index_scalars, open_run
 
-from conftest import reference_step, tiny_config
+from conftest import reference_step, tiny_config, wait_for
 
 
 class Keep(Subscriber):
@@ -208,11 +208,11 @@ def test_a_stale_heartbeat_reads_as_interrupted_and_a_live_writer_blocks_a_secon
     con.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", [json.dumps(time.time() - 60)])
     con.commit()
     assert open_run(tmp_path).status == "interrupted"
+    second = Trainer(tiny_config(steps=4), [RunWriter(tmp_path)])  # built first: the heartbeat below stays fresh
     con.execute("UPDATE meta SET value = ? WHERE key = 'heartbeat'", [json.dumps(time.time())])
     con.execute("UPDATE meta SET value = ? WHERE key = 'writer_pid'", [json.dumps(os.getppid())])
     con.commit()
     con.close()
-    second = Trainer(tiny_config(steps=4), [RunWriter(tmp_path)])
     with pytest.raises(RunStoreError, match="^run: .* another process"):
         second.run()
 
@@ -229,29 +229,16 @@ def test_paths_that_are_not_runs_give_clear_errors(tmp_path):
         open_run(other)
 
 
-def test_another_process_sees_a_live_run_grow(tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "nlviz", "train", "--steps", "1000000", "--no-progress",
-                             "--device", "cpu", "--scalars-every", "5", "--out", str(out)],
-                            stderr=subprocess.PIPE, text=True)
+def _read(out):
+    """(status, last step) of the run in `out`, or None while its writer has not created the store."""
     try:
-        deadline, seen = time.time() + 60, []
-        while time.time() < deadline and len(seen) < 3:
-            if (out / "run.sqlite").exists():
-                try:
-                    run = open_run(out)
-                    seen.append((run.status, run.last_step()))
-                    run.close()
-                except RunStoreError:
-                    pass  # the writer has not created its tables yet
-            time.sleep(1.5)
-        assert len(seen) == 3 and all(status == "running" for status, _ in seen)
-        steps = [s for _, s in seen]
-        assert steps[0] < steps[1] < steps[2]
+        run = open_run(out)
+    except RunStoreError:
+        return None
+    try:
+        return run.status, run.last_step()
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-    assert open_run(out).status == "interrupted"
+        run.close()
 
 
 def _train(*args, **kw):
@@ -259,41 +246,94 @@ def _train(*args, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+# One training thread: with torch's default of two, on a 2-core machine that others are using
+# too, the default model was measured training at 8-20 steps/s instead of about 590.
+ONE_THREAD = ("--threads", "1")
+
+
+def test_another_process_sees_a_live_run_grow(tmp_path):
+    """Every read from the moment the store exists, the newborn one included, says running, and
+    the reads see the last step grow twice. The reads follow each other closely until then: the
+    test waits for what the store shows, not for a time this machine may need to train."""
+    out = tmp_path / "run"
+    proc = _train("--steps", str(10**6), *ONE_THREAD, "--scalars-every", "5", "--out", str(out))
+    seen = []  # each (status, last step) the reads returned, in order, repeats collapsed
+
+    def grown_twice():
+        read = _read(out) if (out / "run.sqlite").exists() else None
+        if read is not None and (not seen or seen[-1] != read):
+            seen.append(read)
+        return len({step for _, step in seen}) >= 3
+
+    try:
+        wait_for(grown_twice, "the reader seeing the last step grow twice", proc=proc, detail=lambda: f"reads: {seen}")
+        assert all(status == "running" for status, _ in seen), f"(status, last step) of the reads: {seen}"
+        assert [s for _, s in seen] == sorted(s for _, s in seen), f"the last step went back: {seen}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert open_run(out).status == "interrupted"
+
+
+KILL_STEPS = 3000  # the run's length; it is killed once the store holds step 1000
+
+
 def test_kill_9_leaves_a_sound_store_that_reads_interrupted_and_resumes_without_duplicates(tmp_path):
     out = tmp_path / "run"
-    proc = _train("--steps", "3000", "--checkpoint-every", "200", "--scalars-every", "5", "--out", str(out))
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        time.sleep(0.3)
+    proc = _train("--steps", str(KILL_STEPS), *ONE_THREAD, "--checkpoint-every", "200", "--scalars-every", "5",
+                  "--out", str(out))
+    beats = set()  # heartbeats a reader saw while the writer lived
+
+    def far_enough():
         try:
             run = open_run(out)
-            if run.last_step() >= 1000:
-                break
         except RunStoreError:
-            pass
+            return False
+        try:
+            beats.add(run.meta.get("heartbeat"))
+            return run.last_step() >= 1000 and len(beats - {None}) >= 2
+        finally:
+            run.close()
+
+    wait_for(far_enough, "the store holding step 1000 and a refreshed heartbeat", proc=proc)
     proc.kill()
     killed_at = time.time()
-    proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before it was killed (exit {proc.returncode}): {err}"
 
     con = sqlite3.connect(out / "run.sqlite")
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
     meta = open_run(out).meta
-    assert meta["status"] == "running" and killed_at - meta["heartbeat"] <= 1.5  # at most ~1 s lost
-    deadline = time.time() + 15
-    while open_run(out).status != "interrupted" and time.time() < deadline:
-        time.sleep(0.5)
-    assert open_run(out).status == "interrupted"
-    assert time.time() - killed_at < 10
+    beat = meta["heartbeat"]
+    # What a reader relies on: a writer alive until the kill had refreshed its heartbeat recently
+    # enough to read as running (a bound in seconds below STALE_S would measure the machine's load).
+    assert meta["status"] == "running" and killed_at - beat < STALE_S, (meta["status"], killed_at - beat)
+    reads = []  # (time before the read, time after it, status)
 
-    resumed = _train("--resume", str(out))
+    def interrupted():
+        before = time.time()
+        status = _read(out)[0]
+        reads.append((before, time.time(), status))
+        return status == "interrupted"
+
+    wait_for(interrupted, "the killed run reading interrupted", timeout=STALE_S + 60)
+    # The rule, exactly, whatever the machine's speed: running while the heartbeat is at most
+    # STALE_S old, interrupted once it is older.
+    for before, after, status in reads:
+        if after - beat <= STALE_S:
+            assert status == "running", f"read {after - beat:.2f} s after the last heartbeat: {status}"
+        if before - beat > STALE_S:
+            assert status == "interrupted", f"read {before - beat:.2f} s after the last heartbeat: {status}"
+
+    resumed = _train("--resume", str(out), *ONE_THREAD)
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     run = open_run(out)
     assert run.status == "finished"
-    assert run.scalars("loss").step.tolist() == list(range(5, 3001, 5))  # nothing missing, nothing twice
+    assert run.scalars("loss").step.tolist() == list(range(5, KILL_STEPS + 1, 5))  # nothing missing, nothing twice
     updates = run.level_updates()
-    assert not updates.duplicated().any() and len(updates) == sum(3000 // p for p in (1, 8, 64))
+    assert not updates.duplicated().any() and len(updates) == sum(KILL_STEPS // p for p in (1, 8, 64))
     con = sqlite3.connect(out / "run.sqlite")  # the level-of-detail rows were mended too
     kept = con.execute("SELECT * FROM scalar_lod ORDER BY name, level, bucket").fetchall()
     con.execute("DELETE FROM scalar_lod")
@@ -332,7 +372,7 @@ def test_a_failing_writer_thread_is_reported_not_swallowed(tmp_path):
     trainer.step()
     writer._put(("scalars", 1, [(0, "loss")], "not a tensor"))  # makes the thread's flush fail
     with pytest.raises(RunStoreError, match="^run store: writing .* failed"):
-        writer.sync(timeout=10)
+        writer.sync()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA; CI has no GPU")
