@@ -34,19 +34,25 @@ one level, the slowest with 2 to MAX_CHUNKS chunks in view, or none. The clock d
 event as a mark up to BAND_EVENTS per level, and past that the level as one band whose hover
 says how many events it stands for. Each level has one colour in every figure (LEVEL_COLOURS),
 and levels are numbered from 1; level 0 is the whole model. Non-finite values (stored as
-NULL) arrive as NaN and are drawn as gaps.
+NULL) arrive as NaN and are drawn as gaps; a panel with no finite value, or a heatmap with
+some, says so and why (a float16 sample overflows past 65504). Looks live in one place:
+TEMPLATE writes numbers as powers of ten (never SI's "500p"), legends go in rows under the
+plot (`legend_below`), and the figures with rows of panels are laid out in pixels, so that
+each fits a full-width chart on a 1000 px screen (540 px) and a half-width one (260 px).
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from .store import MemoryRecord
@@ -56,7 +62,8 @@ __all__ = [
     "NO_DATA", "level_colour", "level_label", "periods_from_config", "add_chunk_shading", "loss_figure",
     "surprise_figure", "level_clock_figure", "update_norm_figure", "heatmap_figure", "histogram_figure",
     "objectives_figure", "eq25_figure", "MemoryUpdates", "memory_updates", "hebbian_vs_delta_figure",
-    "compare_figure", "tensor_stats_figure", "steady", "rgba",
+    "compare_figure", "tensor_stats_figure", "steady", "legend_below", "wrap_title", "title_margin", "rgba",
+    "RUN_COLOURS", "STEP_TICKS",
     "CATEGORY_COLOURS", "surprise_check_figure", "seed_curves_figure", "seed_summary_figure", "image_strip_figure",
     "forgetting_curves_figure", "level_drift_figure", "multiscale_drift_figure",
 ]
@@ -66,8 +73,27 @@ __all__ = [
 LEVEL_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#8C564B", "#7F7F7F")
 MODEL_COLOUR = "#333333"  # level 0: the whole model (the loss)
 RULE_COLOURS = {"before": "#9E9E9E", "hebbian": "#E69F00", "delta": "#009E73", "target": "#222222"}
-RUN_DASHES = ("solid", "dash")  # compare_figure: first run, second run
-TEMPLATE = "plotly_white"
+# ColorBrewer Dark2 (plotly.colors.qualitative.Dark2): categories that are not levels (tasks, conditions, runs).
+CATEGORY_COLOURS = ("#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666")
+# compare_figure: first run, second run. Purple against orange stays apart for colour-blind
+# readers, and the dash tells them apart in grey print too.
+RUN_COLOURS = (CATEGORY_COLOURS[2], CATEGORY_COLOURS[1])
+RUN_DASHES = ("solid", "dash")
+
+
+def _template() -> go.layout.Template:
+    """plotly_white with large and small numbers as powers of ten (5x10^-10): plotly's default
+    SI suffixes ("500p", "20u") read as units to a learner."""
+    template = go.layout.Template(pio.templates["plotly_white"])
+    for axis in (template.layout.xaxis, template.layout.yaxis, template.layout.coloraxis.colorbar):
+        axis.exponentformat = "power"
+    for trace in template.data.heatmap:
+        trace.colorbar.exponentformat = "power"
+    return template
+
+
+TEMPLATE = _template()
+STEP_TICKS = dict(exponentformat="none", separatethousands=True)  # steps are counts: 20,000, not 2x10^4
 DIVERGING = "RdBu_r"  # RdBu with negative blue and positive red, always symmetric around 0
 GL_POINTS = 5000  # a trace with more points is drawn with WebGL (Scattergl)
 # A level with more update events is drawn as one band: past a few hundred the marks are under
@@ -76,7 +102,14 @@ BAND_EVENTS = 150
 MAX_MARKERS = 300  # a marker series with more points is drawn as a line (update sizes of fast levels)
 MAX_CHUNKS = 60  # chunk shading only for a level with at most this many chunks in view
 SHADE_OPACITY = 0.08
+GAP_COLOUR = "#BDBDBD"  # a heatmap cell with no finite value (white would read as 0)
 NO_DATA = "no data yet"
+BLANK = "no finite values here:<br>every recorded value is NaN or infinite"  # the store keeps those as NULL
+FLOAT16_MAX = 65504.0  # the largest float16: a sample of a run that blows up overflows past it
+LEGEND_ROW = 20  # px: one row of a horizontal legend (11 px text)
+TITLE_LINE = 22  # px: one more line of a figure's title
+TITLE_CHARS = 52  # characters of a title line that fit a full-width chart at 1000 px (540 px)
+NO_LEGEND = frozenset({"heatmap"})  # trace types plotly leaves out of the legend unless told
 
 # Axis titles in words with the maths in them, one per recorded series.
 SERIES_LABELS = {
@@ -120,6 +153,54 @@ def _empty(title: str, message: str = NO_DATA) -> go.Figure:
     return fig
 
 
+def _step_axis(fig: go.Figure, **where: Any) -> None:
+    """Step ticks on every x axis (panels sharing x hide theirs), the title on the given one."""
+    fig.update_xaxes(**STEP_TICKS)
+    fig.update_xaxes(title_text="step t", **where)
+
+
+def _not_finite(values: np.ndarray, short: bool = False) -> str:
+    """Why some of `values` are not finite, in words. An infinity in a float16 array is an
+    overflow: the store keeps tensor samples as float16, whose largest value is 65504."""
+    v = np.asarray(values)
+    if np.isinf(v).any() and v.dtype == np.float16:
+        return "float16 overflow" if short else f"the recorded float16 sample overflowed (|value| > {FLOAT16_MAX:.0f})"
+    if np.isinf(v).any():
+        return "infinite" if short else "the recorded values are infinite"
+    return "NaN" if short else "the recorded values are NaN"
+
+
+def _gaps(z: np.ndarray) -> np.ndarray:
+    """A heatmap's values with each infinity as NaN: plotly draws NaN as a blank cell, but
+    paints an infinity in the end colour of the scale, as if it were a value."""
+    z = np.asarray(z)
+    finite = np.isfinite(z)
+    return z if finite.all() else np.where(finite, z, np.nan)
+
+
+def _say_why_blank(fig: go.Figure, reason: str = BLANK) -> go.Figure:
+    """Write `reason` across each panel whose traces hold values but not one finite value: an
+    axis with nothing on it would look like a drawing that failed."""
+    panels: dict[tuple[str, str], list[np.ndarray]] = {}
+    for t in fig.data:
+        data = t.z if t.type == "heatmap" else (t.x if getattr(t, "orientation", None) == "h" else t.y)
+        if data is None:
+            continue
+        try:
+            values = np.asarray(data, dtype=np.float64).ravel()
+        except (TypeError, ValueError):  # None among the numbers: a NULL from the store
+            values = pd.to_numeric(pd.Series(np.ravel(np.asarray(data, dtype=object))), errors="coerce").to_numpy(np.float64)
+        panels.setdefault((t.xaxis or "x", t.yaxis or "y"), []).append(values)
+    for (xa, ya), arrays in panels.items():
+        values = np.concatenate(arrays)
+        if values.size and not np.isfinite(values).any():
+            x0, x1 = fig.layout["xaxis" + xa[1:]].domain or (0, 1)
+            y0, y1 = fig.layout["yaxis" + ya[1:]].domain or (0, 1)
+            fig.add_annotation(text=reason, x=(x0 + x1) / 2, y=(y0 + y1) / 2, xref="paper", yref="paper",
+                               showarrow=False, font=dict(size=13, color="#888888"), name="not-finite")
+    return fig
+
+
 def _scatter_type(n: int) -> type:
     return go.Scattergl if n > GL_POINTS else go.Scatter
 
@@ -128,6 +209,53 @@ def rgba(colour: str, alpha: float) -> str:
     """'#RRGGBB' as an rgba() string with the given opacity (shading, interval bands)."""
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def _power(v: float) -> str:
+    """A finite tick label as the template writes numbers: 0.0052, or 5.2x10^-10 past 10^-3 and 10^4."""
+    if v == 0:
+        return "0"
+    e = math.floor(math.log10(abs(v)))
+    text = f"{v:.2g}" if -3 <= e < 4 else f"{v / 10.0 ** e:.2g}\u00d710<sup>{e}</sup>"
+    return text.replace("-", "\u2212")  # plotly's own labels use the minus sign, not a hyphen
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """Rows of panels laid out in pixels: heights of the rows (top first), the gap between
+    rows, and the figure's top and bottom margins. Axis titles, tick labels and colour bars
+    need pixels, not fractions of a height, so the plan is made in pixels and converted."""
+
+    rows: tuple[int, ...]
+    gap: int
+    top: int
+    bottom: int
+
+    @property
+    def height(self) -> int:
+        return self.top + sum(self.rows) + self.gap * (len(self.rows) - 1) + self.bottom
+
+    @property
+    def plot(self) -> int:
+        return self.height - self.top - self.bottom
+
+    def subplots(self, **kwargs: Any) -> go.Figure:
+        return make_subplots(rows=len(self.rows), row_heights=list(self.rows), vertical_spacing=self.gap / self.plot,
+                             **kwargs)
+
+    def below(self, fig: go.Figure, axis: str, px: int) -> float:
+        """The paper y `px` pixels below the bottom of the panel of y axis `axis` ('y', 'y3')."""
+        name = "yaxis" + axis[1:]
+        return fig.layout[name].domain[0] - px / self.plot
+
+
+_PANEL_TITLE = 13  # px: subplot titles that fit a third of a 540 px chart
+# Eq 25 in two rows: x and u (a few batch rows each) on top, the three (r, c) blocks below.
+_EQ25 = _Stack(rows=(150, 340), gap=165, top=100, bottom=95)
+# Eq 28-29: the three update blocks on top, with one colour bar under them; the readouts below.
+_EQ2829 = _Stack(rows=(250, 220), gap=165, top=118, bottom=50)
+# Eq 26 over Eq 27 on one step axis; room between them for a two-line panel title.
+_OBJECTIVES = _Stack(rows=(170, 170), gap=50, top=100, bottom=60)
 
 
 def _series(df: pd.DataFrame | None, name: str, level: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -205,7 +333,9 @@ def add_chunk_shading(fig: go.Figure, periods: Sequence[int] | None, x_range: tu
                    fillcolor=colour, opacity=SHADE_OPACITY, line=dict(width=0), layer="below", name="chunk")
               for k in range(first, last) if k % 2 == 0]  # at most max_chunks / 2 shapes
     fig.update_layout(shapes=list(fig.layout.shapes) + shapes)
-    fig.add_annotation(text=f"shaded: alternate chunks of {level_label(level, periods)}; it updates at each edge",
+    label = level_label(level, periods)
+    # Short enough for a half-width chart; the rest is in its hover.
+    fig.add_annotation(text=f"shaded: alternate chunks of {label}", hovertext=f"{label} updates at each edge of a chunk",
                        x=0, y=1, xref="paper", yref="paper", xanchor="left", yanchor="bottom", showarrow=False,
                        font=dict(size=10, color=colour), name="chunk-note")
     return fig
@@ -299,28 +429,75 @@ def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_ti
             fig.add_trace(trace, row=2, col=1)
         fig.update_yaxes(title_text="updates", row=2, col=1,
                          **_level_axis(_levels(updates, periods, busy), periods, short=True))
-        fig.update_xaxes(title_text="step t", row=2, col=1)
+        _step_axis(fig, row=2, col=1)
         fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", row=1, col=1)
         fig.update_layout(barmode="overlay")
     else:
-        fig.update_xaxes(title_text="step t")
+        _step_axis(fig)
         fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
     steps = [x for x, _ in series.values()] + ([updates["step"].to_numpy()] if updates is not None and len(updates) else [])
     steps += [np.array([first, last]) for _, first, last in (busy or {}).values()]
     add_chunk_shading(fig, periods, _x_range(*steps))
     _add_cursor(fig, cursor)
     fig.update_layout(template=TEMPLATE, title=title, legend_title_text="level", hovermode="closest")
-    return fig
+    return _say_why_blank(fig)
 
 
-def steady(fig: go.Figure, left: int = 70, right: int = 160, top: int = 60, bottom: int = 50) -> go.Figure:
+def wrap_title(text: str, width: int = TITLE_CHARS) -> str:
+    """A title's first line broken into lines of at most `width` characters (plotly never
+    wraps a title; a long one runs off a narrow chart). What follows its first <br> is kept."""
+    head, sep, rest = text.partition("<br>")
+    return "<br>".join(textwrap.wrap(head, width)) + sep + rest if len(head) > width else text
+
+
+def title_margin(title: str, one_line: int = 60) -> int:
+    """The top margin (px) that holds a title of this many lines (each <br> starts one)."""
+    return one_line + TITLE_LINE * title.count("<br>")
+
+
+def _legend_entries(fig: go.Figure) -> int:
+    """How many entries plotly's legend will show. Plotly draws a legend once two traces could
+    be in it, counting those told not to show (a band under its line) but not heatmaps."""
+    capable = [t for t in fig.data if t.showlegend or t.type not in NO_LEGEND]
+    entries = sum(1 for t in capable if t.showlegend is not False)
+    if fig.layout.showlegend is False or not entries or (len(capable) < 2 and fig.layout.showlegend is not True):
+        return 0
+    return entries
+
+
+def _legend_height(entries: int, per_row: int) -> int:
+    return LEGEND_ROW * math.ceil(entries / per_row) + 6 if entries else 0
+
+
+def legend_below(fig: go.Figure, per_row: int = 1) -> int:
+    """Put the legend in rows at the bottom of the figure; return the pixels those rows take.
+
+    A legend at the side takes its widest entry's width from the plot, which leaves a
+    half-width chart nearly no plot; in rows under the x axis it takes height instead. The
+    rows are counted for `per_row` entries a row (what the narrowest chart holds: one in a
+    half-width chart at 1000 px, two in a full-width one), so the margin is known before drawing."""
+    entries = _legend_entries(fig)
+    if entries:
+        # Its title ("level") would take a place in the first row; the entries name their levels.
+        fig.update_layout(legend=dict(orientation="h", xref="container", x=0, xanchor="left", yref="container", y=0,
+                                      yanchor="bottom", font=dict(size=11), title_text=""))
+    return _legend_height(entries, per_row)
+
+
+def steady(fig: go.Figure, left: int = 70, right: int = 30, top: int = 60, bottom: int = 50) -> go.Figure:
     """Fixed margins for a figure that is redrawn several times a second (the live page).
 
     By default plotly measures legends, colour bars and tick labels after drawing and, if
     they do not fit, grows the margins and draws again; profiling the live page in chromium
     put a third of its drawing time in those passes. With fixed margins each redraw is one
-    pass; the margins given fit this package's legends and axis titles."""
-    return fig.update_layout(margin=dict(l=left, r=right, t=top, b=bottom, autoexpand=False))
+    pass. The margins are worked out from the figure, never measured: `top` holds a one-line
+    title and grows by a line for each further one (each `<br>`), `bottom` holds the x axis
+    and grows by the legend's rows, which go under the plot (`legend_below`) so that a
+    half-width chart keeps its width; `right` holds a colour bar when the caller gives it one."""
+    title = fig.layout.title.text or ""
+    fig.update_layout(margin=dict(l=left, r=right, t=title_margin(title, top),
+                                  b=bottom + legend_below(fig), autoexpand=False))
+    return fig
 
 
 # ---------------------------------------------------------------------------- time series
@@ -340,7 +517,7 @@ def surprise_figure(scalars: pd.DataFrame | None, updates: pd.DataFrame | None, 
     """Each level's local surprise ||u_l|| = ||dL/dy_l|| (Eq 25) on a log axis, its Eq 31
     update ticks in a strip below, chunk boundaries shaded."""
     series = {l: s for l, s in _series(scalars, "surprise_norm").items() if l >= 1}
-    return _timeline(series, "Local surprise per level: ||u_l|| = ||dL/dy_l|| (Eq 25)",
+    return _timeline(series, "Local surprise per level (Eq 25)<br><sup>||u_l|| = ||dL/dy_l||, update ticks below</sup>",
                      "||u_l|| = ||dL/dy_l|| (log scale)", "||u_l||", updates, periods, cursor, log_y=True, busy=busy)
 
 
@@ -348,7 +525,7 @@ def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | No
                        cursor: int | float | None = None) -> go.Figure:
     """The size ||theta_after - theta_before|| of each level's Eq 31 updates, as markers."""
     series = {l: s for l, s in _series(scalars, "update_norm").items() if l >= 1}
-    return _timeline(series, "Update size per level (Eq 31): ||theta_after - theta_before||",
+    return _timeline(series, "Update size per level (Eq 31)<br><sup>||theta_after - theta_before||</sup>",
                      "||theta_after - theta_before|| (log scale)", "||delta theta||", None, periods, cursor,
                      log_y=True, mode="markers")
 
@@ -360,18 +537,19 @@ def level_clock_figure(updates: pd.DataFrame | None, periods: Sequence[int] | No
     the bottom. A level with more than BAND_EVENTS events is one band (its hover says so).
     steps: the x range to show, the run's length or (first, last); default the events'.
     busy: levels whose events were too many to fetch, as (count, first, last): drawn as bands."""
-    title = "Level clock (Eq 31): level l updates at t = C(l), 2C(l), ..."
+    title = "Level clock (Eq 31)<br><sup>level l updates at t = C(l), 2C(l), ...</sup>"
     if (updates is None or len(updates) == 0) and not busy:
         return _empty(title)
     fig = go.Figure(_clock_traces(updates, periods, busy=busy))
     levels = _levels(updates, periods, busy)
     fig.update_yaxes(title_text="level (period C)", **_level_axis(levels, periods))
-    fig.update_xaxes(title_text="step t")
+    _step_axis(fig)
     if steps is not None:
         lo, hi = (1, steps) if isinstance(steps, (int, np.integer)) else steps
         fig.update_xaxes(range=[lo - 0.5, hi + 0.5])
     _add_cursor(fig, cursor)
-    fig.update_layout(template=TEMPLATE, title=title, barmode="overlay", legend_title_text="level",
+    # No legend: the tick labels name each level beside its marks, in its colour.
+    fig.update_layout(template=TEMPLATE, title=title, barmode="overlay", showlegend=False,
                       height=max(300, 120 + 60 * len(levels)))
     return fig
 
@@ -381,14 +559,15 @@ def objectives_figure(scalars: pd.DataFrame | None, level: int, periods: Sequenc
     """Level `level`'s output layer read as a memory over time: Eq 26's dot objective <W x, u>
     (top) and Eq 27's L2 objective 1/2 ||W x + u||^2 with target v = -u (bottom)."""
     label = level_label(level, periods)
-    title = f"{label}: its output layer's Eq 26 and Eq 27 objectives (summed over the batch)"
+    title = f"{label}: its output layer's Eq 26 and Eq 27 objectives<br><sup>each summed over the batch</sup>"
     dot = _series(scalars, "dot_objective", level).get(level)
     l2 = _series(scalars, "l2_objective", level).get(level)
     if dot is None and l2 is None:
         return _empty(title)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12, subplot_titles=(
+    fig = _OBJECTIVES.subplots(cols=1, shared_xaxes=True, subplot_titles=(
         "Eq 26: dot objective <W x, u>",
-        "Eq 27: L2 objective 1/2 ||W x + u||^2, target v = -u (the printed +u is a sign slip)"))
+        "Eq 27: L2 objective 1/2 ||W x + u||^2<br>target v = -u (the printed +u is a sign slip)"))
+    fig.update_annotations(font_size=_PANEL_TITLE)
     colour = level_colour(level)
     if dot is not None:
         fig.add_trace(_line(*dot, f"{label} <W x, u>", colour, "<W x, u>", group="dot"), row=1, col=1)
@@ -397,31 +576,49 @@ def objectives_figure(scalars: pd.DataFrame | None, level: int, periods: Sequenc
                             line=dict(color=colour, width=1.5, dash="dash")), row=2, col=1)
     fig.update_yaxes(title_text="<W x, u>", row=1, col=1)
     fig.update_yaxes(title_text="1/2 ||W x + u||^2", row=2, col=1)
-    fig.update_xaxes(title_text="step t", row=2, col=1)
+    _step_axis(fig, row=2, col=1)
     _add_cursor(fig, cursor)
-    fig.update_layout(template=TEMPLATE, title=title, hovermode="closest")
-    return fig
+    # No legend: each panel holds one series, named by its title.
+    fig.update_layout(template=TEMPLATE, title=title, hovermode="closest", showlegend=False, height=_OBJECTIVES.height,
+                      margin=dict(t=_OBJECTIVES.top, b=_OBJECTIVES.bottom, r=30))
+    return _say_why_blank(fig)
 
 
 def compare_figure(a: pd.DataFrame | None, b: pd.DataFrame | None, name: str, labels: tuple[str, str] = ("A", "B"),
                    level: int | None = None, cursor: int | float | None = None,
                    periods: tuple[Sequence[int] | None, Sequence[int] | None] = (None, None)) -> go.Figure:
-    """One scalar series `name` of two runs on one figure: the level's colour, the first run
-    solid, the second dashed. level None draws every level the runs recorded."""
-    title = f"{SERIES_LABELS.get(name, name)}: {labels[0]} (solid) vs {labels[1]} (dashed)"
-    fig = go.Figure()
-    for df, run_label, dash, run_periods in zip((a, b), labels, RUN_DASHES, periods):
-        for lv, (x, y) in _series(df, name, level).items():
-            label = f"{run_label}: {'loss (whole model)' if lv == 0 else level_label(lv, run_periods)}"
-            fig.add_trace(_line(x, y, label, level_colour(lv), name, group=label,
-                                line=dict(color=level_colour(lv), width=1.5, dash=dash)))
-    if not fig.data:
+    """One scalar series `name` of two runs: the first run solid in RUN_COLOURS[0], the second
+    dashed in RUN_COLOURS[1], named in the legend. level None draws every level the runs
+    recorded, one panel per level (colour says which run, so it cannot also say which level)."""
+    value_label = SERIES_LABELS.get(name, name)
+    shared = periods[0] if periods[0] == periods[1] else None  # a period in a title only where both runs agree
+    of = f" of {level_label(level, shared)}" if level else ""
+    title = f"{value_label}{of}: {labels[0]} (solid) vs {labels[1]} (dashed)"
+    runs = [(_series(df, name, level), run_label, colour, dash, run_periods)
+            for df, run_label, colour, dash, run_periods in zip((a, b), labels, RUN_COLOURS, RUN_DASHES, periods)]
+    levels = sorted({lv for series, *_ in runs for lv in series})
+    if not levels:
         return _empty(title)
-    fig.update_xaxes(title_text="step t")
-    fig.update_yaxes(title_text=SERIES_LABELS.get(name, name), type="log" if name in LOG_SERIES else "linear")
+    log = "log" if name in LOG_SERIES else "linear"
+    if len(levels) > 1:
+        fig = make_subplots(rows=len(levels), cols=1, shared_xaxes=True, vertical_spacing=0.3 / len(levels),
+                            subplot_titles=["loss (whole model)" if lv == 0 else level_label(lv, shared) for lv in levels])
+        fig.update_layout(height=150 + 170 * len(levels))
+    else:
+        fig = go.Figure()
+    for series, run_label, colour, dash, run_periods in runs:
+        for lv, (x, y) in series.items():
+            label = f"{run_label}: {'loss (whole model)' if lv == 0 else level_label(lv, run_periods)}"
+            where = dict(row=levels.index(lv) + 1, col=1) if len(levels) > 1 else {}
+            fig.add_trace(_line(x, y, label, colour, name, group=label, line=dict(color=colour, width=1.5, dash=dash)),
+                          **where)
+    _step_axis(fig, **(dict(row=len(levels), col=1) if len(levels) > 1 else {}))
+    fig.update_yaxes(type=log)
+    fig.update_yaxes(title_text=value_label, **(dict(row=1, col=1) if len(levels) > 1 else {}))
     _add_cursor(fig, cursor)
     fig.update_layout(template=TEMPLATE, title=title, hovermode="closest")
-    return fig
+    fig.update_layout(margin=dict(r=30, b=50 + legend_below(fig, per_row=2)))
+    return _say_why_blank(fig)
 
 
 def tensor_stats_figure(stats: pd.DataFrame | None, kind: str, periods: Sequence[int] | None = None,
@@ -429,7 +626,7 @@ def tensor_stats_figure(stats: pd.DataFrame | None, kind: str, periods: Sequence
     """Per level, the mean +- std band and the min and max of a recorded tensor kind
     ('activation' y_l, 'surprise' u_l, 'input' x of the output layer) over time."""
     names = {"activation": "activation y_l", "surprise": "surprise u_l = dL/dy_l", "input": "input x of the output layer"}
-    title = f"{names.get(kind, kind)}: mean +- std (band), min and max (dotted) per level"
+    title = f"{names.get(kind, kind)}<br><sup>mean +- std (band), min and max (dotted) per level</sup>"
     rows = stats[stats["kind"] == kind] if stats is not None and len(stats) else None
     if rows is None or not len(rows):
         return _empty(title)
@@ -451,23 +648,33 @@ def tensor_stats_figure(stats: pd.DataFrame | None, kind: str, periods: Sequence
         for k in ("min", "max"):
             fig.add_trace(_line(x, v[k], f"{label} {k}", colour, k, group=group, showlegend=False,
                                 line=dict(color=colour, width=1, dash="dot")))
-    fig.update_xaxes(title_text="step t")
+    _step_axis(fig)
     fig.update_yaxes(title_text=f"{kind} value")
     _add_cursor(fig, cursor)
     fig.update_layout(template=TEMPLATE, title=title, legend_title_text="level", hovermode="closest")
-    return fig
+    return _say_why_blank(fig)
 
 
 # ---------------------------------------------------------------------------- recorded tensors
 def heatmap_figure(sample: np.ndarray | None, title: str, zmid: float = 0.0) -> go.Figure:
     """A (rows, cols) sample, e.g. `run.tensor(step, level, kind)[1]`, as a diverging heatmap
-    symmetric around zmid: rows are examples of the batch, columns units."""
+    symmetric around zmid: rows are examples of the batch, columns units. Non-finite cells are
+    grey, and the figure says how many and why (a float16 sample overflows past 65504)."""
     if sample is None or np.size(sample) == 0:
         return _empty(title)
     z = np.asarray(sample, dtype=np.float32)  # float16 is not a plotly-friendly dtype
+    bad = ~np.isfinite(z)
+    if bad.all():
+        return _empty(title, "no finite values:<br>" + _not_finite(sample).replace(" (", "<br>("))
     m = _symmetric(z, zmid)
-    fig = go.Figure(go.Heatmap(z=z, zmin=zmid - m, zmax=zmid + m, colorscale=DIVERGING, name=title,
+    fig = go.Figure(go.Heatmap(z=_gaps(z), zmin=zmid - m, zmax=zmid + m, colorscale=DIVERGING, name=title,
+                               colorbar=dict(thickness=12),  # leaves its tick labels room in a 90 px margin
                                hovertemplate="example %{y}, unit %{x}<br>value = %{z:.4g}<extra></extra>"))
+    if bad.any():  # the blank cells show the background: grey, so they are not read as 0 (white)
+        fig.update_layout(plot_bgcolor=GAP_COLOUR)
+        fig.add_annotation(text=f"{int(bad.sum())} of {bad.size} grey: {_not_finite(sample, short=True)}",
+                           hovertext=_not_finite(sample), x=0, y=1, xref="paper", yref="paper", xanchor="left",
+                           yanchor="bottom", showarrow=False, font=dict(size=10, color="#888888"), name="not-finite")
     fig.update_xaxes(title_text="unit")
     fig.update_yaxes(title_text="example (row of the batch)", autorange="reversed", dtick=1 if len(z) <= 16 else None)
     fig.update_layout(template=TEMPLATE, title=title)
@@ -493,13 +700,17 @@ def histogram_figure(hist: np.ndarray | None, lo: float | None, hi: float | None
     return fig
 
 
-def _colourbar(fig: go.Figure, axis: str, name: str, span: float, panels: Sequence[int]) -> None:
-    """A horizontal colour bar under the given panels, symmetric around 0."""
+def _colourbar(fig: go.Figure, axis: str, name: str, span: float, panels: Sequence[int], y: float) -> None:
+    """A horizontal colour bar under the given panels (x axis numbers), symmetric around 0,
+    its top at paper y; ticks at -span, 0 and span so that they fit a narrow panel."""
     lo = fig.layout[f"xaxis{panels[0] if panels[0] > 1 else ''}"].domain[0]
     hi = fig.layout[f"xaxis{panels[-1] if panels[-1] > 1 else ''}"].domain[1]
     fig.layout[axis] = dict(colorscale=DIVERGING, cmin=-span, cmax=span, colorbar=dict(
-        orientation="h", x=(lo + hi) / 2, xanchor="center", len=(hi - lo) * 0.9, y=-0.22, yanchor="top",
-        thickness=10, title=dict(text=name, side="top")))
+        orientation="h", x=(lo + hi) / 2, xanchor="center", len=(hi - lo) * 0.8, y=y, yanchor="top", thickness=10,
+        tickvals=[-span, 0, span], ticktext=[_power(-span), "0", _power(span)], tickfont=dict(size=10),
+        title=dict(text=name, side="bottom", font=dict(size=11))))
+
+
 
 
 def eq25_figure(record: MemoryRecord | None) -> go.Figure:
@@ -513,28 +724,38 @@ def eq25_figure(record: MemoryRecord | None) -> go.Figure:
     finite = np.abs(diff[np.isfinite(diff)])
     max_diff = float(finite.max()) if finite.size else float("nan")
     rows, (r, c) = len(record.x), record.outer.shape
-    fig = make_subplots(rows=1, cols=5, horizontal_spacing=0.045, subplot_titles=(
+    plan = _EQ25
+    fig = plan.subplots(cols=6, horizontal_spacing=0.07, specs=[
+        [{"colspan": 3}, None, None, {"colspan": 3}, None, None],
+        [{"colspan": 2}, None, {"colspan": 2}, None, {"colspan": 2}, None]], subplot_titles=(
         f"x: inputs ({rows} of B={record.batch} rows)", f"u = dL/dy ({rows} rows)",
-        f"sum_b u_b x_b^T (nlviz, all B={record.batch})", "dL/dW (autograd)", f"outer - grad, max |.| = {max_diff:.2e}"))
-    panels = (("x", record.x, "coloraxis"), ("u", record.u, "coloraxis2"), ("outer", record.outer, "coloraxis3"),
-              ("grad", record.grad, "coloraxis3"), ("difference", diff, "coloraxis4"))
-    for col, (name, z, axis) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(z=z, coloraxis=axis, name=name,
-                                 hovertemplate=f"{name}[%{{y}}, %{{x}}] = %{{z:.4g}}<extra></extra>"), row=1, col=col)
-    _colourbar(fig, "coloraxis", "x", _symmetric(record.x), [1])
-    _colourbar(fig, "coloraxis2", "u", _symmetric(record.u), [2])
+        f"sum_b u_b x_b^T<br>(nlviz, all B={record.batch})", "dL/dW<br>(autograd)",
+        f"outer - grad<br>max |.| = {max_diff:.2e}"))
+    fig.update_annotations(font_size=_PANEL_TITLE)
+    panels = (("x", record.x, "coloraxis", 1, 1), ("u", record.u, "coloraxis2", 1, 4),
+              ("outer", record.outer, "coloraxis3", 2, 1), ("grad", record.grad, "coloraxis3", 2, 3),
+              ("difference", diff, "coloraxis4", 2, 5))
+    for name, z, axis, row, col in panels:
+        fig.add_trace(go.Heatmap(z=_gaps(z), coloraxis=axis, name=name,
+                                 hovertemplate=f"{name}[%{{y}}, %{{x}}] = %{{z:.4g}}<extra></extra>"), row=row, col=col)
+    top, low = plan.below(fig, "y", 52), plan.below(fig, "y3", 52)  # under each row's tick labels and axis titles
+    _colourbar(fig, "coloraxis", "x", _symmetric(record.x), [1], top)
+    _colourbar(fig, "coloraxis2", "u", _symmetric(record.u), [2], top)
     _colourbar(fig, "coloraxis3", "sum u x^T and dL/dW (one scale)",
-               max(_symmetric(record.outer), _symmetric(record.grad)), [3, 4])
-    _colourbar(fig, "coloraxis4", "difference", _symmetric(diff), [5])
-    for col, (xt, yt) in enumerate((("input unit j", "example b"), ("output unit i", "example b"),
-                                    ("input unit j", "output unit i"), ("input unit j", "output unit i"),
-                                    ("input unit j", "output unit i")), start=1):
-        fig.update_xaxes(title_text=xt, row=1, col=col)
-        fig.update_yaxes(title_text=yt, autorange="reversed", dtick=1 if col <= 2 else None, row=1, col=col)
+               max(_symmetric(record.outer), _symmetric(record.grad)), [3, 4], low)
+    _colourbar(fig, "coloraxis4", "difference", _symmetric(diff), [5], low)
+    # One y title per row: the panels of a row share their rows (examples b, or output units i),
+    # and a title on each would run into the panel to its left.
+    for name, xt, yt, row, col in (("x", "input unit j", "example b", 1, 1), ("u", "output unit i", None, 1, 4),
+                                   ("outer", "input unit j", "output unit i", 2, 1), ("grad", "input unit j", None, 2, 3),
+                                   ("difference", "input unit j", None, 2, 5)):
+        fig.update_xaxes(title_text=xt, title_standoff=4, row=row, col=col)
+        fig.update_yaxes(title_text=yt, autorange="reversed", dtick=1 if row == 1 else None, row=row, col=col)
     d_out, d_in = record.shape
-    fig.update_layout(template=TEMPLATE, margin=dict(b=130), title=(
-        f"{title} (level {record.level}, step {record.step}; block {r}x{c} of W's {d_out}x{d_in})"))
-    return fig
+    fig.update_layout(template=TEMPLATE, height=plan.height, margin=dict(t=plan.top, b=plan.bottom, l=60, r=20),
+                      title=(f"{title}<br><sup>level {record.level}, step {record.step}; "
+                             f"block {r}x{c} of W's {d_out}x{d_in}</sup>"))
+    return _say_why_blank(fig)
 
 
 @dataclass(frozen=True)
@@ -576,19 +797,21 @@ def hebbian_vs_delta_figure(record: MemoryRecord | None, lr: float, row: int = 0
     m = memory_updates(record, lr, row)
     err_h = float(np.linalg.norm(m.readout_hebbian - m.target))
     err_d = float(np.linalg.norm(m.readout_delta - m.target))
-    fig = make_subplots(rows=2, cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], row_heights=[0.55, 0.45],
-                        vertical_spacing=0.2, horizontal_spacing=0.06, subplot_titles=(
-                            "Hebbian: dW = -lr u x^T", "delta: dW = -a (W x + u) x^T", "its erase term: -a (W x) x^T",
-                            f"readout W'x after each update vs the target -u (error ||W'x + u||: "
-                            f"Hebbian {err_h:.3g}, delta {err_d:.3g})"))
+    plan = replace(_EQ2829, bottom=_EQ2829.bottom + _legend_height(4, per_row=2))  # four bars in the legend
+    fig = plan.subplots(cols=3, specs=[[{}, {}, {}], [{"colspan": 3}, None, None]], horizontal_spacing=0.07,
+                        subplot_titles=(
+                            "Hebbian dW<br>-lr u x^T", "delta rule dW<br>-a (W x + u) x^T", "its erase term<br>-a (W x) x^T",
+                            f"readout W'x after each update vs the target -u<br>error ||W'x + u||: "
+                            f"Hebbian {err_h:.3g}, delta {err_d:.3g}"))
+    fig.update_annotations(font_size=_PANEL_TITLE)
     for col, (name, z) in enumerate((("hebbian", m.hebbian), ("delta", m.delta), ("erase", m.erase)), start=1):
-        fig.add_trace(go.Heatmap(z=z, coloraxis="coloraxis", name=name,
+        fig.add_trace(go.Heatmap(z=_gaps(z), coloraxis="coloraxis", name=name,
                                  hovertemplate=f"{name} dW[%{{y}}, %{{x}}] = %{{z:.4g}}<extra></extra>"), row=1, col=col)
-        fig.update_xaxes(title_text="input unit j", row=1, col=col)
-        fig.update_yaxes(title_text="output unit i", autorange="reversed", row=1, col=col)
+        fig.update_xaxes(title_text="input unit j", title_standoff=4, row=1, col=col)
+        # the three blocks share their rows: one y title, which would otherwise run into the panel to its left
+        fig.update_yaxes(title_text="output unit i" if col == 1 else None, autorange="reversed", row=1, col=col)
     span = max(_symmetric(m.hebbian), _symmetric(m.delta), _symmetric(m.erase))
-    fig.update_layout(coloraxis=dict(colorscale=DIVERGING, cmin=-span, cmax=span,
-                                     colorbar=dict(len=0.5, y=1, yanchor="top", thickness=10, title="dW")))
+    _colourbar(fig, "coloraxis", "dW, one scale for the three", span, [1, 3], plan.below(fig, "y", 52))
     units = np.arange(len(m.target))
     for key, name, y in (("before", "W x (before)", record.wx[row].astype(np.float64)),
                          ("hebbian", "Hebbian: W x - lr ||x||^2 u", m.readout_hebbian),
@@ -596,21 +819,19 @@ def hebbian_vs_delta_figure(record: MemoryRecord | None, lr: float, row: int = 0
                          ("target", "target -u", m.target)):
         fig.add_trace(go.Bar(x=units, y=y, name=name, marker=dict(color=RULE_COLOURS[key]),
                              hovertemplate=f"{name}<br>unit %{{x}}: %{{y:.4g}}<extra></extra>"), row=2, col=1)
-    fig.update_xaxes(title_text="output unit i", row=2, col=1)
+    fig.update_xaxes(title_text="output unit i", title_standoff=4, row=2, col=1)
     fig.update_yaxes(title_text="readout at x", row=2, col=1)
-    fig.update_layout(template=TEMPLATE, barmode="group", legend=dict(orientation="h", y=-0.12), title=(
-        f"{title}: level {record.level}, step {record.step}, row {row}; lr = {lr:.3g}, ||x||^2 = "
-        f"{float(record.x_sq[row]):.3g}, a = lr / (1 + lr ||x||^2) = {m.a:.3g}"))
-    return fig
+    fig.update_layout(template=TEMPLATE, barmode="group", height=plan.height, title=(
+        f"{title}<br><sup>level {record.level}, step {record.step}, row {row}; lr = {lr:.3g}, ||x||^2 = "
+        f"{float(record.x_sq[row]):.3g}, a = lr / (1 + lr ||x||^2) = {m.a:.3g}</sup>"))
+    legend_below(fig, per_row=2)
+    fig.update_layout(margin=dict(t=plan.top, b=plan.bottom, l=60, r=20))
+    return _say_why_blank(fig)
 
 
 # ---------------------------------------------------------------------------- notebook experiments
 # Figures of the notebooks' small experiments (03 CMS, 04 surprise, 05 continual learning): pure
 # functions of arrays and tables the notebooks compute, so the notebooks hold no figure code.
-
-# ColorBrewer Dark2 (plotly.colors.qualitative.Dark2): categories that are not levels (tasks, conditions).
-CATEGORY_COLOURS = ("#1B9E77", "#D95F02", "#7570B3", "#E7298A", "#66A61E", "#E6AB02", "#A6761D", "#666666")
-
 
 def _category_colour(i: int, name: str, colours: Mapping[str, str] | None) -> str:
     if colours is not None and name in colours:
@@ -813,4 +1034,5 @@ def multiscale_drift_figure(task: Any, steps: Sequence[int], entry: tuple[int, i
                                  line=dict(color=CATEGORY_COLOURS[k], dash=dash),
                                  hovertemplate=f"{name}: step %{{x}}, %{{y:.4g}}<extra></extra>"))
     fig.update_layout(template=TEMPLATE, height=320, title=title, xaxis_title="step t", yaxis_title="entry")
+    fig.update_xaxes(**STEP_TICKS)
     return fig

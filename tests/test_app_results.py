@@ -56,3 +56,55 @@ def test_the_page_lists_results_and_draws_each_from_its_json(results, monkeypatc
         assert len(charts) == len(figures.build(result)) == len(result["files"]["html"])
         assert all(finding in at.markdown[-1].value for finding in result["findings"])
         assert at.query_params["experiment"] == name  # shareable: the URL names the experiment
+
+
+@pytest.fixture(scope="module")
+def two_seeds(tmp_path_factory):
+    """Results over 2 seeds, whose 95% t intervals (12.7 standard errors wide) reach past what
+    an error or an accuracy can be."""
+    parent = tmp_path_factory.mktemp("two-seeds")
+    for name in ("capacity", "continual"):
+        run_experiment(name, seeds=(0, 1), quick=True, out=parent / name, progress=False)
+    return parent
+
+
+def _bands(fig) -> list:
+    return [t for t in fig.data if t.name.endswith("95% interval")]
+
+
+def test_intervals_are_drawn_clipped_to_what_the_quantity_can_be(two_seeds):
+    capacity = load_result(two_seeds / "capacity")
+    assert any(lo < 0 for curve in capacity["data"]["by_pairs"].values() for lo in curve["lo"])  # result.json keeps it
+    for stem, fig in figures.build(capacity).items():
+        assert "95% t interval, clipped at 0" in fig.layout.title.text, stem
+        for band in _bands(fig):
+            assert min(band.y) >= 0, (stem, band.name)  # a recall error is never negative
+            if fig.layout.yaxis.type == "log":  # where it reaches 0 it runs off the bottom of the log axis
+                assert min(band.y) < 10 ** fig.layout.yaxis.range[0]
+    continual = load_result(two_seeds / "continual")
+    built = figures.build(continual)
+    for stem, (lo, hi) in (("average_accuracy", (0, 1)), ("forgetting", (-1, 1))):
+        assert f"clipped to [{lo}, {hi}]" in built[stem].layout.title.text
+        assert all(lo <= v <= hi for band in _bands(built[stem]) for v in band.y), stem
+    for bar in built["final"].data:  # accuracy, then forgetting: each error bar stays in its range
+        for mean, up, down, (lo, hi) in zip(bar.y, bar.error_y.array, bar.error_y.arrayminus, [(0, 1), (-1, 1)]):
+            assert lo - 1e-12 <= mean - down and mean + up <= hi + 1e-12
+    rows = [r for r in continual["summary"] if r["metric"] == "final average accuracy"]
+    assert any(r["lo"] < 0 or r["hi"] > 1 for r in rows)  # so the clipping above was needed
+
+
+def test_the_summary_table_gives_names_room_and_numbers_four_digits(results, monkeypatch):
+    import json
+
+    monkeypatch.setenv("NLVIZ_RESULTS", str(results))
+    at = _results_page()
+    columns = json.loads(at.dataframe[1].proto.columns)
+    summary = at.dataframe[1].value
+    for name in ("condition", "metric"):  # wide enough for the longest entry at 7 px a character, up to 320 px
+        assert columns[name]["width"] >= min(7 * summary[name].str.len().max(), 320), name
+    assert columns["condition"]["pinned"] is True  # in view while the numbers scroll on a narrow screen
+    for name in ("mean", "ci95", "std"):
+        assert columns[name]["type_config"]["format"] == "%.4g", name
+    listing = json.loads(at.dataframe[0].proto.columns)
+    assert listing["directory"]["width"] >= min(7 * at.dataframe[0].value.directory.str.len().max(), 320)
+    assert "clipped" in at.caption[-1].value

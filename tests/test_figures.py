@@ -449,6 +449,185 @@ def test_a_long_series_is_drawn_with_webgl_and_without_dropping_points():
 
 
 
+# ---------------------------------------------------------------------------- what a learner sees
+# Layout is checked on the narrowest chart the dashboard draws each figure in (a 1000 px
+# browser: 540 px full width), from the figure's own numbers: domains, margins, fonts. Text
+# width is estimated at half an em a character, the average of the sans-serif fonts used.
+CHART_PX = 540
+EM_PER_CHAR = 0.5
+
+
+def _plain(text: str) -> list[str]:
+    return [re.sub(r"<[^>]+>", "", line) for line in (text or "").split("<br>")]
+
+
+def _plot_px(fig: go.Figure, width: int = CHART_PX) -> tuple[float, float]:
+    m = fig.layout.margin
+    height = fig.layout.height or 450
+    left, right = (80 if m.l is None else m.l), (80 if m.r is None else m.r)
+    top, bottom = (100 if m.t is None else m.t), (80 if m.b is None else m.b)
+    return width - left - right, height - top - bottom
+
+
+def _panels(fig: go.Figure) -> dict[str, tuple]:
+    """{y axis name: (x domain, y domain, x axis)} of every panel that holds a trace."""
+    out = {}
+    for t in fig.data:
+        xa, ya = t.xaxis or "x", t.yaxis or "y"
+        out[ya] = (fig.layout["xaxis" + xa[1:]].domain or (0, 1), fig.layout["yaxis" + ya[1:]].domain or (0, 1),
+                   fig.layout["xaxis" + xa[1:]])
+    return out
+
+
+def _check_fits(fig: go.Figure) -> None:
+    """No subplot title wider than its panel, no y title running into the panel on its left,
+    and between two rows room for the upper row's x axis, its colour bars and the lower row's title."""
+    plot_w, plot_h = _plot_px(fig)
+    panels = _panels(fig)
+    titles = [a for a in fig.layout.annotations if a.xref == "paper" and a.yanchor == "bottom" and a.name is None]
+    for a in titles:  # make_subplots' panel titles: centred above their panel
+        (xd, yd, _), = [p for p in panels.values() if abs((p[0][0] + p[0][1]) / 2 - a.x) < 1e-9 and abs(p[1][1] - a.y) < 1e-9]
+        widest = max(len(line) for line in _plain(a.text)) * EM_PER_CHAR * a.font.size
+        assert widest <= (xd[1] - xd[0]) * plot_w, (a.text, widest, (xd[1] - xd[0]) * plot_w)
+    for name, (xd, yd, _) in panels.items():
+        if fig.layout["yaxis" + name[1:]].title.text:
+            lefts = [o[0][1] for o in panels.values() if o[0][1] <= xd[0] and min(o[1][1], yd[1]) > max(o[1][0], yd[0])]
+            assert not lefts or (xd[0] - max(lefts)) * plot_w >= 60, f"{name}'s title runs into the panel on its left"
+    for upper in panels.values():
+        for lower in panels.values():
+            if lower[1][1] >= upper[1][0] or min(upper[0][1], lower[0][1]) <= max(upper[0][0], lower[0][0]):
+                continue  # not below it
+            gap_top = upper[1][0] * plot_h  # px from the plot's bottom to the upper panel's bottom
+            axis = upper[2]
+            used = 45 if (axis.title.text or axis.showticklabels is not False) and not axis.matches else 0
+            bars = [c.colorbar for c in (fig.layout[k] for k in fig.layout if k.startswith("coloraxis"))
+                    if c.colorbar.orientation == "h" and c.colorbar.y is not None
+                    and upper[1][0] > c.colorbar.y > lower[1][1] and upper[0][0] <= c.colorbar.x <= upper[0][1]]
+            for bar in bars:  # under the panel: ticks (10 px) and title (11 px) below a bar
+                assert (upper[1][0] - bar.y) * plot_h >= used, "a colour bar sits on the x axis title above it"
+            used = max([used] + [(upper[1][0] - bar.y) * plot_h + bar.thickness + 35 for bar in bars])
+            title = [a for a in titles if abs(a.y - lower[1][1]) < 1e-9 and lower[0][0] <= a.x <= lower[0][1]]
+            need = used + sum(len(_plain(a.text)) * 1.3 * a.font.size for a in title[:1])
+            assert gap_top - lower[1][1] * plot_h >= need, (gap_top - lower[1][1] * plot_h, need)
+
+
+@pytest.mark.parametrize("which", ["eq25", "eq28-29", "eq26-27"])
+def test_the_equations_figures_fit_a_narrow_chart(run, which):
+    record = run.memory(20, 2)
+    fig = {"eq25": lambda: eq25_figure(record), "eq28-29": lambda: hebbian_vs_delta_figure(record, 1.0, row=1),
+           "eq26-27": lambda: objectives_figure(run.scalars(), 2)}[which]()
+    _check_fits(fig)
+    assert fig.layout.height, "a fixed height: the rows are laid out in pixels"
+    title = _plain(fig.layout.title.text)[0]
+    assert len(title) * EM_PER_CHAR * 17 <= CHART_PX, title
+
+
+def test_numbers_are_powers_of_ten_never_si_suffixes(run):
+    record = run.memory(20, 2)
+    scalars, updates = run.scalars(), run.level_updates()
+    _, sample = run.tensor(10, 2, "surprise")
+    figs = [eq25_figure(record), hebbian_vs_delta_figure(record, 1.0), objectives_figure(scalars, 2),
+            heatmap_figure(sample, "u"), loss_figure(scalars, updates, PERIODS), surprise_figure(scalars, updates, PERIODS),
+            compare_figure(scalars, scalars, "loss")]
+    for fig in figs:
+        template = fig.layout.template.layout
+        assert template.xaxis.exponentformat == template.yaxis.exponentformat == "power"
+        assert template.coloraxis.colorbar.exponentformat == "power"
+        assert {h.colorbar.exponentformat for h in fig.layout.template.data.heatmap} == {"power"}
+        for name in fig.layout:  # nothing in a figure sets plotly's default back ("B": 5e-10 as "500p")
+            if name.startswith(("xaxis", "yaxis")):
+                assert fig.layout[name].exponentformat in (None, "power", "none"), name
+    eq25 = figs[0]
+    for axis in ("coloraxis", "coloraxis2", "coloraxis3", "coloraxis4"):  # its own tick labels, written the same way
+        bar = eq25.layout[axis]
+        assert list(bar.colorbar.tickvals) == [bar.cmin, 0, bar.cmax] and bar.cmin == -bar.cmax
+        assert not any(re.search(r"[0-9][pnumkMG\u00b5]$", t) for t in bar.colorbar.ticktext), bar.colorbar.ticktext
+    from nlviz.figures import _power
+    assert [_power(v) for v in (-0.0052, 9.3e-10, 1.25e5)] == ["\u22120.0052", "9.3\u00d710<sup>\u221210</sup>",
+                                                               "1.2\u00d710<sup>5</sup>"]
+    for fig in figs:  # step axes are counts: 20,000 rather than 2x10^4
+        if any(fig.layout[n].title.text == "step t" for n in fig.layout if n.startswith("xaxis")):
+            assert {fig.layout[n].exponentformat for n in fig.layout if n.startswith("xaxis")} == {"none"}
+
+
+def test_steady_gives_a_half_width_chart_its_plot(run):
+    from nlviz import figures
+    from nlviz.figures import steady
+
+    scalars, updates = run.scalars(), run.level_updates()
+    fig = steady(surprise_figure(scalars, updates, PERIODS))
+    m = fig.layout.margin
+    assert m.r <= 40 and m.autoexpand is False  # no 160 px legend column beside a 260 px chart
+    legend = fig.layout.legend
+    assert (legend.orientation, legend.yref, legend.y, legend.yanchor) == ("h", "container", 0, "bottom")
+    assert m.b == 50 + 3 * figures.LEGEND_ROW + 6  # the x axis, then one row for each of three levels
+    assert m.t == 60 + figures.TITLE_LINE * fig.layout.title.text.count("<br>")
+    clock = steady(level_clock_figure(updates, PERIODS), left=140)
+    assert clock.layout.showlegend is False and clock.layout.margin.b == 50  # its tick labels name the levels
+
+
+def test_compare_figure_tells_the_two_runs_apart_by_colour_and_dash(run, single):
+    from nlviz import figures
+
+    a, b = run.scalars(), single.scalars()
+    fig = compare_figure(a, b, "surprise_norm", labels=("CMS", "one level"), level=1, periods=(PERIODS, (1,)))
+    first, second = fig.data
+    assert first.line.color != second.line.color and fig.layout.legend.orientation == "h"
+    assert (first.line.color, first.line.dash) == (figures.RUN_COLOURS[0], "solid")
+    assert (second.line.color, second.line.dash) == (figures.RUN_COLOURS[1], "dash")
+    assert set(figures.RUN_COLOURS) <= set(figures.CATEGORY_COLOURS)  # the palette of things that are not levels
+    assert "of level 1" in fig.layout.title.text and "(solid)" in fig.layout.title.text
+    every = compare_figure(a, b, "surprise_norm", periods=(PERIODS, (1,)))
+    axes = {t.name: t.yaxis for t in every.data}
+    assert axes["A: level 1 (C=1)"] == axes["B: level 1 (C=1)"] != axes["A: level 2 (C=2)"]  # a panel per level
+    assert {t.line.color for t in every.data if t.name.startswith("A")} == {figures.RUN_COLOURS[0]}
+
+
+def _float16(values) -> np.ndarray:
+    """A sample as the store returns it: float16, where |value| > 65504 has become inf."""
+    with np.errstate(over="ignore"):
+        return np.asarray(values, dtype=np.float64).astype(np.float16)
+
+
+def _notes(fig: go.Figure, name: str) -> list[str]:
+    return [a.text for a in fig.layout.annotations if a.name == name]
+
+
+def test_a_heatmap_of_an_overflowed_sample_says_why_it_is_empty():
+    blown = _float16(np.full((4, 8), 3e18))  # what a run with learning rate 100 recorded
+    fig = heatmap_figure(blown, "level 2: activations y_l, step 100")
+    assert not fig.data
+    (text,) = _notes(fig, "no-data")
+    assert "no finite values" in text and "float16" in text and "65504" in text
+    part = _float16([[1.0, -2.0, 7e4], [-1e5, 0.5, 3.0]])
+    fig = heatmap_figure(part, "u")
+    np.testing.assert_array_equal(np.isfinite(np.asarray(fig.data[0].z, dtype=float)), np.isfinite(part))
+    assert fig.data[0].zmax == 3.0  # the scale holds the finite values only
+    assert _notes(fig, "not-finite") == ["2 of 6 grey: float16 overflow"] and fig.layout.plot_bgcolor == "#BDBDBD"
+    nan = heatmap_figure(np.full((2, 2), np.nan, np.float16), "x")
+    assert "NaN" in _notes(nan, "no-data")[0] and "float16" not in _notes(nan, "no-data")[0]
+    assert not _notes(heatmap_figure(_float16([[1.0, 2.0]]), "ok"), "not-finite")
+
+
+def test_a_panel_with_no_finite_value_says_so(run):
+    null = pd.DataFrame([(1, 0, "loss", None), (2, 0, "loss", float("nan"))], columns=["step", "level", "name", "value"])
+    fig = loss_figure(null, run.level_updates(), PERIODS)
+    (text,) = _notes(fig, "not-finite")
+    assert "no finite values" in text and "NaN or infinite" in text
+    (note,) = [a for a in fig.layout.annotations if a.name == "not-finite"]
+    assert fig.layout.yaxis.domain[0] < note.y < fig.layout.yaxis.domain[1]  # on the loss panel, not the update strip
+    assert not _notes(loss_figure(run.scalars(), None, PERIODS), "not-finite")
+    record = run.memory(20, 2)
+    broken = MemoryRecord(**{**record.__dict__, "grad": np.full_like(record.grad, np.inf)})
+    fig = eq25_figure(broken)
+    axes = {t.name: t.yaxis for t in fig.data}
+    notes = [a for a in fig.layout.annotations if a.name == "not-finite"]
+    assert len(notes) == 2  # dL/dW and the difference; x, u and the outer sum are drawn
+    for a in notes:
+        assert any(fig.layout["yaxis" + axes[n][1:]].domain[0] < a.y < fig.layout["yaxis" + axes[n][1:]].domain[1]
+                   for n in ("grad", "difference"))
+
+
 # ---------------------------------------------------------------------------- notebook experiment figures
 from nlviz.figures import (CATEGORY_COLOURS, forgetting_curves_figure, image_strip_figure,  # noqa: E402
                            level_drift_figure, seed_curves_figure, seed_summary_figure, surprise_check_figure)

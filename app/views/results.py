@@ -22,10 +22,19 @@ if not found:
             f"add `--quick` for a run of seconds) and they appear here.")
     st.stop()
 
-st.dataframe(pd.DataFrame([{"experiment": r["experiment"], "quick": r["quick"], "seeds": len(r["seeds"]),
-                            "wall time (s)": round(r["wall_s"], 1), "finished (UTC)": r["finished"],
-                            "directory": str(path)} for path, r in found]),
-             hide_index=True, key="results_table")
+cfg = st.column_config
+
+
+def fitting(column: pd.Series) -> int:
+    """A column width (px) that shows its longest entry whole, up to a third of a wide page."""
+    return min(24 + 7 * int(column.astype(str).str.len().max()), 320)
+
+
+listing = pd.DataFrame([{"experiment": r["experiment"], "quick": r["quick"], "seeds": len(r["seeds"]),
+                         "wall time (s)": round(r["wall_s"], 1), "finished (UTC)": r["finished"],
+                         "directory": str(path)} for path, r in found])
+st.dataframe(listing, hide_index=True, key="results_table", column_config={
+    name: cfg.TextColumn(width=fitting(listing[name])) for name in ("experiment", "finished (UTC)", "directory")})
 
 # One option per result directory (an experiment may have several, e.g. one written with --out).
 names = [r["experiment"] for _, r in found]
@@ -45,8 +54,19 @@ st.markdown("**Findings** (computed from the numbers below)\n" + "\n".join(f"- {
 
 table = pd.DataFrame(result["summary"])
 shown = [c for c in ("condition", "metric", "mean", "ci95", "std", "n", "parameters", "diverged_seeds") if c in table]
-st.dataframe(table[shown], hide_index=True, key="results_summary")
-st.caption("mean over seeds; ci95: half-width of the 95% interval from Student's t (empty with one seed).")
+# Names get the width their longest entry needs, and the condition stays in view while the
+# numbers scroll past on a narrow screen; numbers get 4 significant digits, so a mean of
+# 2.9e-15 reads as that rather than as a row of zeros cut off by its column.
+number = cfg.NumberColumn(format="%.4g", width="small")
+st.dataframe(table[shown], hide_index=True, key="results_summary", column_config={
+    "condition": cfg.TextColumn(width=fitting(table["condition"]), pinned=True),
+    "metric": cfg.TextColumn(width=fitting(table["metric"])),
+    "mean": number, "ci95": number, "std": number, "n": cfg.NumberColumn(width="small"),
+    "parameters": cfg.NumberColumn(format="%d", width="small"),
+    "diverged_seeds": cfg.NumberColumn("diverged seeds", width="small")})
+st.caption("mean over seeds; ci95: half-width of the 95% interval from Student's t (empty with one seed). The "
+           "figures draw that interval clipped to what the quantity can be (an error is never below 0, an "
+           "accuracy lies in [0, 1]), as each figure's subtitle says.")
 
 try:
     built = experiment_figures.build(result)

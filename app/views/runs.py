@@ -1,4 +1,7 @@
-"""Runs: open any recorded run, replay it with one time cursor, and compare two runs."""
+"""Runs: open any recorded run, replay it with one time cursor, and compare two runs.
+
+The run, the comparison run, the step, the panels and the compared series and level live in
+the URL (`st.query_params`), so a view can be shared and opens as it was."""
 
 from __future__ import annotations
 
@@ -56,17 +59,29 @@ try:
             common.time_panels(reader, info.periods, key="replay", cursor=step)
         if "heatmaps" in panels:
             common.heatmap_panels(reader, info.periods, key="replay", cursor=step)
-        if "comparison" in panels and other != "(none)":
+        comparing = "comparison" in panels and other != "(none)"
+        if comparing:
             b = next(r for r in runs if r.name == other)
             with common.reading(b.path) as reader_b:
                 st.subheader(f"{name} against {other}")
-                series = st.selectbox("Series", ["loss", "surprise_norm", "activation_norm", "update_norm",
-                                                 "dot_objective", "l2_objective"], key="runs_series")
+                names = list(figures.SERIES_LABELS)
+                wanted_series = st.query_params.get("series")
+                series = st.selectbox("Series", names, key="runs_series",
+                                      format_func=lambda n: f"{n}: {figures.SERIES_LABELS[n]}",
+                                      index=names.index(wanted_series) if wanted_series in names else 0)
+                levels = list(range(1, max(len(info.periods), len(b.periods)) + 1))
+                wanted_level = common.query_int("level", 1)
                 level = 0 if series == "loss" else st.selectbox(
-                    "Level", range(1, max(len(info.periods), len(b.periods)) + 1), key="runs_compare_level")
+                    "Level", levels, key="runs_compare_level",
+                    index=levels.index(wanted_level) if wanted_level in levels else 0)
+                st.query_params.update(series=series, level=str(level))
                 a_df = reader.scalars(series, level, max_points=common.PLOT_POINTS)
                 b_df = reader_b.scalars(series, level, max_points=common.PLOT_POINTS)
                 st.plotly_chart(figures.compare_figure(a_df, b_df, series, labels=(name, other), level=level,
-                                                       cursor=step), key="runs_compare_fig")
+                                                       cursor=step, periods=(info.periods, b.periods)),
+                                key="runs_compare_fig")
+        else:  # the URL names only what the page shows
+            for key in ("series", "level"):
+                st.query_params.pop(key, None)
 except RunStoreError as e:
     st.error(str(e))

@@ -4,11 +4,15 @@
 (and PNG) and the dashboard's Results page draws them from result.json, so both always show
 the same thing. Looks come from `nlviz.figures` (TEMPLATE, level colours and labels, the
 Hebbian and delta colours). Means are drawn as lines or bars, 95% t intervals over seeds as
-bands or error bars; nothing here reads files or computes a statistic.
+bands or error bars; nothing here reads files or computes a statistic. The one decision to
+know: each figure knows the range of its quantity (an error is never below 0, an accuracy
+lies in [0, 1]) and draws intervals clipped to it, saying so in its subtitle; result.json
+keeps the unclipped interval.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import plotly.graph_objects as go
@@ -23,27 +27,76 @@ CONDITION_COLOURS = ("#333333",) + looks.LEVEL_COLOURS
 LSQ_COLOUR = "#888888"
 
 
+# What a quantity can be, as (lowest, highest): a 95% t interval over few seeds can reach past
+# it (with 2 seeds its half-width is 12.7 standard errors), and is drawn clipped to it.
+Bounds = tuple[float | None, float | None]
+ERROR: Bounds = (0.0, None)  # recall errors and MSEs
+FRACTION: Bounds = (0.0, 1.0)  # accuracies and shares of power
+FORGETTING: Bounds = (-1.0, 1.0)  # best accuracy before minus now: negative when a task is recalled better later
+ANY: Bounds = (None, None)  # regression coefficients
+
+
+def _clip(v: float, bounds: Bounds) -> float:
+    lo, hi = bounds
+    v = v if lo is None else max(v, lo)
+    return v if hi is None else min(v, hi)
+
+
+def _bounds_note(bounds: Bounds) -> str:
+    lo, hi = bounds
+    if lo is None and hi is None:
+        return ""
+    return f", clipped at {lo:g}" if hi is None else f", clipped to [{lo:g}, {hi:g}]"
+
+
 def _band(fig: go.Figure, x: Sequence, curve: dict[str, list], name: str, colour: str, dash: str = "solid",
-          row: int | None = None, col: int | None = None) -> None:
-    """A mean line with its interval as a shaded band (skipped where the interval is unknown)."""
+          row: int | None = None, col: int | None = None, bounds: Bounds = ANY, floor: float | None = None) -> None:
+    """A mean line with its interval as a shaded band, clipped to the quantity's bounds
+    (skipped where the interval is unknown). floor: on a log axis, where a clipped interval
+    reaches 0 its band runs down to this value, below the axis' range."""
     where = {} if row is None else {"row": row, "col": col}
     lo, hi = curve.get("lo"), curve.get("hi")
     if lo is not None and all(v is not None for v in lo + hi):
-        fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself",
+        lo, hi = [_clip(v, bounds) for v in lo], [_clip(v, bounds) for v in hi]
+        if floor is not None:
+            lo = [v if v > 0 else floor for v in lo]
+        fig.add_trace(go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself", mode="lines",
                                  fillcolor=looks.rgba(colour, 0.15), line=dict(width=0), hoverinfo="skip",
                                  showlegend=False, legendgroup=name, name=f"{name} 95% interval"), **where)
     fig.add_trace(go.Scatter(x=list(x), y=curve["mean"], mode="lines+markers", name=name, legendgroup=name,
                              line=dict(color=colour, dash=dash)), **where)
 
 
-def _title(result: dict[str, Any], text: str) -> str:
+def _log_range(values: Sequence[float | None]) -> tuple[list[float] | None, float | None]:
+    """A log axis' range (in log10 units) around the positive values, and a floor below it for
+    the bands that reach 0 (which a log axis cannot show); (None, None) when none is positive."""
+    positive = [v for v in values if v is not None and v > 0]
+    if not positive:
+        return None, None
+    lo, hi = math.log10(min(positive)), math.log10(max(positive))
+    pad = max(0.1 * (hi - lo), 0.15)
+    return [lo - pad, hi + pad], 10.0 ** (lo - 2 * pad - 1)
+
+
+def _title(result: dict[str, Any], text: str, bounds: Bounds = ANY, note: str | None = None) -> str:
+    """The figure's title, and under it what is drawn: the seeds, the interval and how it is clipped."""
     seeds = len(result["seeds"])
     quick = ", --quick" if result.get("quick") else ""
-    return f"{text}<br><sup>mean over {seeds} seed{'s' if seeds != 1 else ''} with 95% t interval{quick}</sup>"
+    clipped = _bounds_note(bounds) if note is None else note
+    return (f"{text}<br><sup>mean over {seeds} seed{'s' if seeds != 1 else ''} with 95% t interval"
+            f"{clipped}{quick}</sup>")
 
 
-def _error_bars(values: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    return dict(type="data", array=[v["ci95"] or 0 for v in values], visible=all(v["ci95"] is not None for v in values))
+def _error_bars(values: Sequence[dict[str, Any]], bounds: Bounds | Sequence[Bounds] = ANY) -> dict[str, Any]:
+    """Error bars of the 95% interval, clipped to each value's bounds (one pair, or one per value)."""
+    each = [bounds] * len(values) if not bounds or not isinstance(bounds[0], tuple) else list(bounds)
+    up, down = [], []
+    for v, (lo, hi) in zip(values, each):
+        half, mean = v["ci95"] or 0, v["mean"]
+        up.append(half if hi is None or mean is None else max(min(half, hi - mean), 0))
+        down.append(half if lo is None or mean is None else max(min(half, mean - lo), 0))
+    return dict(type="data", symmetric=False, array=up, arrayminus=down,
+                visible=all(v["ci95"] is not None for v in values))
 
 
 # ---------------------------------------------------------------------------- capacity
@@ -62,61 +115,70 @@ def capacity_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
     ):
         fig = go.Figure()
         for rule in ("hebbian", "delta", "least_squares"):
-            _band(fig, x, data[key][rule], names[rule], colours[rule], "dot" if rule == "least_squares" else "solid")
+            _band(fig, x, data[key][rule], names[rule], colours[rule], "dot" if rule == "least_squares" else "solid",
+                  bounds=ERROR)
         if key == "by_pairs":
             fig.add_vline(x=data["width"], line=dict(color="#888888", dash="dot"))
-        fig.update_layout(template=looks.TEMPLATE, title=_title(result, text), xaxis_title=x_title, yaxis_title=y_title)
+        fig.update_layout(template=looks.TEMPLATE, title=_title(result, text, ERROR), xaxis_title=x_title,
+                          yaxis_title=y_title)
         out[f"recall_{key.removeprefix('by_')}"] = fig
     fig = go.Figure()
-    _band(fig, data["long_sweeps"], data["delta_by_sweeps"], names["delta"], colours["delta"])
-    fig.update_layout(template=looks.TEMPLATE, yaxis=dict(type="log", title=y_title + " (log)"),
+    sweeps = data["delta_by_sweeps"]
+    y_range, floor = _log_range(sweeps["mean"] + (sweeps.get("lo") or []) + (sweeps.get("hi") or []))
+    _band(fig, data["long_sweeps"], sweeps, names["delta"], colours["delta"], bounds=ERROR, floor=floor)
+    fig.update_layout(template=looks.TEMPLATE, yaxis=dict(type="log", title=y_title + " (log)", range=y_range),
                       xaxis=dict(type="log", title="passes over the pairs (log)"),
-                      title=_title(result, f"The delta rule at n = d = {data['width']} pairs: error against passes"))
+                      title=_title(result, f"The delta rule at n = d = {data['width']} pairs: error against passes",
+                                   note=", clipped at 0<br>(a band that reaches 0 runs off the log axis)"))
     out["delta_sweeps"] = fig
     return out
 
 
 # ---------------------------------------------------------------------------- continual
-def _per_task(result: dict[str, Any], key: str, y_title: str, text: str) -> go.Figure:
+def _per_task(result: dict[str, Any], key: str, y_title: str, text: str, bounds: Bounds) -> go.Figure:
     data = result["data"]
     fig = go.Figure()
     for i, name in enumerate(data["models"]):
         curve = data["curves"][name][key]
         keep = [j for j, m in enumerate(curve["mean"]) if m is not None]  # forgetting starts after task 2
         part = {k: [curve[k][j] for j in keep] if curve[k] is not None else None for k in ("mean", "lo", "hi")}
-        _band(fig, [data["tasks"][j] for j in keep], part, name, CONDITION_COLOURS[i % len(CONDITION_COLOURS)])
-    fig.update_layout(template=looks.TEMPLATE, title=_title(result, text),
-                      yaxis=dict(title=y_title, range=[-0.03, 1.03]),
+        _band(fig, [data["tasks"][j] for j in keep], part, name, CONDITION_COLOURS[i % len(CONDITION_COLOURS)],
+              bounds=bounds)
+    fig.update_layout(template=looks.TEMPLATE, title=_title(result, text, bounds),
+                      yaxis=dict(title=y_title, range=[-0.03, 1.03] if bounds == FRACTION else None),
                       xaxis=dict(title="tasks trained so far", dtick=1))
     return fig
 
 
-def _final_bars(result: dict[str, Any], metrics: Sequence[str], text: str) -> go.Figure:
-    """Grouped bars: one group per metric, one bar per condition, 95% intervals as error bars."""
+def _final_bars(result: dict[str, Any], metrics: dict[str, Bounds], text: str, note: str) -> go.Figure:
+    """Grouped bars: one group per metric (with its bounds), one bar per condition, 95% intervals
+    as error bars clipped to the bounds."""
     rows = result["summary"]
     conditions = list(dict.fromkeys(r["condition"] for r in rows if r["metric"] in metrics))
     fig = go.Figure()
     for i, name in enumerate(conditions):
         values = [next(r for r in rows if r["condition"] == name and r["metric"] == m) for m in metrics]
-        fig.add_trace(go.Bar(x=list(metrics), y=[v["mean"] for v in values], name=name, error_y=_error_bars(values),
+        fig.add_trace(go.Bar(x=list(metrics), y=[v["mean"] for v in values], name=name,
+                             error_y=_error_bars(values, list(metrics.values())),
                              marker_color=CONDITION_COLOURS[i % len(CONDITION_COLOURS)]))
-    fig.update_layout(template=looks.TEMPLATE, barmode="group", title=_title(result, text))
+    fig.update_layout(template=looks.TEMPLATE, barmode="group", title=_title(result, text, note=note))
     return fig
 
 
 def continual_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
     return {
         "average_accuracy": _per_task(result, "average_accuracy", "average accuracy over the tasks seen",
-                                      "Class-incremental digits: average accuracy after each task"),
+                                      "Class-incremental digits: average accuracy after each task", FRACTION),
         "forgetting": _per_task(result, "forgetting", "average forgetting (best before - now)",
-                                "Class-incremental digits: average forgetting after each task"),
-        "final": _final_bars(result, ("final average accuracy", "final average forgetting"),
-                             "After the last task: average accuracy and forgetting"),
+                                "Class-incremental digits: average forgetting after each task", FORGETTING),
+        "final": _final_bars(result, {"final average accuracy": FRACTION, "final average forgetting": FORGETTING},
+                             "After the last task: average accuracy and forgetting",
+                             ", clipped to [0, 1] (accuracy) and [-1, 1] (forgetting)"),
     }
 
 
 # ---------------------------------------------------------------------------- levels
-def _levels_metric(result: dict[str, Any], metric: str, log: bool) -> go.Figure:
+def _levels_metric(result: dict[str, Any], metric: str, log: bool, bounds: Bounds) -> go.Figure:
     """The metric against the number of levels, one line per lowest period P (one level starts every line)."""
     rows = {r["condition"]: r for r in result["summary"] if r["metric"] == result["data"]["metrics"][metric]}
     conds = result["data"]["conditions"]
@@ -126,11 +188,11 @@ def _levels_metric(result: dict[str, Any], metric: str, log: bool) -> go.Figure:
         line = one + [c for c in conds if c["lowest_period"] == lowest and c["levels"] > 1]
         values = [rows[c["label"]] for c in line]
         fig.add_trace(go.Scatter(x=[c["levels"] for c in line], y=[v["mean"] for v in values], mode="lines+markers",
-                                 name=f"slowest period P = {lowest}", error_y=_error_bars(values),
+                                 name=f"slowest period P = {lowest}", error_y=_error_bars(values, bounds),
                                  line=dict(color=looks.LEVEL_COLOURS[i % len(looks.LEVEL_COLOURS)]),
                                  text=[c["label"] for c in line], hovertemplate="%{text}: %{y:.4g}<extra></extra>"))
     label = result["data"]["metrics"][metric]
-    fig.update_layout(template=looks.TEMPLATE, title=_title(result, f"{label} against the number of levels"),
+    fig.update_layout(template=looks.TEMPLATE, title=_title(result, f"{label} against the number of levels", bounds),
                       xaxis=dict(title="levels k (same parameter count)", dtick=1),
                       yaxis=dict(title=label + (" (log)" if log else ""), type="log" if log else "linear"))
     return fig
@@ -138,10 +200,10 @@ def _levels_metric(result: dict[str, Any], metric: str, log: bool) -> go.Figure:
 
 def levels_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
     return {
-        "multiscale_mse": _levels_metric(result, "mse", log=True),
-        "multiscale_mse_vs_slow": _levels_metric(result, "mse_vs_slow_only", log=True),
-        "digits_accuracy": _levels_metric(result, "average_accuracy", log=False),
-        "digits_forgetting": _levels_metric(result, "forgetting", log=False),
+        "multiscale_mse": _levels_metric(result, "mse", log=True, bounds=ERROR),
+        "multiscale_mse_vs_slow": _levels_metric(result, "mse_vs_slow_only", log=True, bounds=ERROR),
+        "digits_accuracy": _levels_metric(result, "average_accuracy", log=False, bounds=FRACTION),
+        "digits_forgetting": _levels_metric(result, "forgetting", log=False, bounds=FORGETTING),
     }
 
 
@@ -149,12 +211,13 @@ def levels_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
 def ablation_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
     rows = [r for r in result["summary"] if r["metric"] == "multiscale MSE (2nd half)"]
     fig = go.Figure(go.Bar(x=[r["mean"] for r in rows], y=[r["condition"] for r in rows], orientation="h",
-                           error_x=_error_bars(rows),
+                           error_x=_error_bars(rows, ERROR),
                            marker_color=[CONDITION_COLOURS[0]] + [looks.LEVEL_COLOURS[0]] * (len(rows) - 1)))
     full = rows[0]["mean"]
     if full is not None:
         fig.add_vline(x=full, line=dict(color="#888888", dash="dot"))
-    fig.update_layout(template=looks.TEMPLATE, title=_title(result, "Ablations: multiscale MSE over the second half"),
+    fig.update_layout(template=looks.TEMPLATE, title=_title(result, "Ablations: multiscale MSE over the second half",
+                                                            ERROR),
                       xaxis_title="MSE (lower is better; dotted: the full model)", yaxis=dict(autorange="reversed"),
                       height=120 + 40 * len(rows))
     return {"ablation_mse": fig}
@@ -192,11 +255,12 @@ def co2_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
     for i, metric in enumerate(("seasonal share of power", "low-frequency share of power")):
         part = [r for r in rows if r["metric"] == metric]
         shares.add_trace(go.Bar(x=[r["condition"] for r in part], y=[r["mean"] for r in part], name=metric,
-                                error_y=_error_bars(part), marker_color=looks.LEVEL_COLOURS[i + 4]))
+                                error_y=_error_bars(part, FRACTION), marker_color=looks.LEVEL_COLOURS[i + 4]))
     shares.add_hline(y=data["target_shares"]["seasonal"], line=dict(color=looks.LEVEL_COLOURS[4], dash="dot"))
     shares.add_hline(y=data["target_shares"]["low"], line=dict(color=looks.LEVEL_COLOURS[5], dash="dot"))
     shares.update_layout(template=looks.TEMPLATE, barmode="group", yaxis=dict(title="share of power", range=[0, 1]),
-                         title=_title(result, "Seasonal and low-frequency shares per level (dotted: the CO2 series)"))
+                         title=_title(result, "Seasonal and low-frequency shares per level (dotted: the CO2 series)",
+                                      FRACTION))
     carried = go.Figure()
     for i, metric in enumerate(("share of the trend carried", "share of the season carried")):
         part = [r for r in result["summary"] if r["metric"] == metric]
@@ -218,5 +282,11 @@ BUILDERS: dict[str, Callable[[dict[str, Any]], dict[str, go.Figure]]] = {
 
 
 def build(result: dict[str, Any]) -> dict[str, go.Figure]:
-    """Every figure of a result, by file stem."""
-    return BUILDERS[result["experiment"]](result)
+    """Every figure of a result, by file stem, each with its legend under the plot (at the side
+    it would take a third of a chart on a 1000 px screen) and its title in lines that fit."""
+    figures = BUILDERS[result["experiment"]](result)
+    for fig in figures.values():
+        title = looks.wrap_title(fig.layout.title.text or "")
+        fig.update_layout(title_text=title, margin=dict(t=looks.title_margin(title),
+                                                        b=80 + looks.legend_below(fig, per_row=2)))
+    return figures
