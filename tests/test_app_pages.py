@@ -92,3 +92,16 @@ def test_the_equations_page_draws_fixed_layouts_with_powers_of_ten(runs, monkeyp
         assert layout["height"] and layout["margin"]["t"], key  # laid out in pixels, not left to plotly's defaults
         template = layout["template"]["layout"]
         assert template["xaxis"]["exponentformat"] == template["yaxis"]["exponentformat"] == "power", key
+
+
+def test_the_runs_page_shows_a_diverging_run_as_such(tmp_path, monkeypatch):
+    from nlviz import LevelSpec, ModelConfig, TrainConfig
+
+    levels = (LevelSpec(period=1), LevelSpec(period=8, lr=100.0), LevelSpec(period=64, lr=100.0))
+    trainer = Trainer(TrainConfig(steps=20, device="cpu", model=ModelConfig(levels=levels)),
+                      [RunWriter(tmp_path / "blowup", scalars_every=1)])
+    trainer.run()
+    at = _page(tmp_path, monkeypatch, "runs", run="blowup")
+    assert at.dataframe[0].value["status"].tolist() == ["finished (diverging)"]
+    (warning,) = [w.value for w in at.warning]
+    assert warning == f"This run was flagged as {trainer.diverging.message}"

@@ -1,4 +1,4 @@
-"""Results: the latest result of each experiment (`python -m nlviz.experiments NAME`), table and figures.
+"""Results: the latest result of each experiment (`make experiment NAME=...`), table and figures.
 
 Layout only: results are read by `nlviz.experiments.list_results` from $NLVIZ_RESULTS (else
 ./results), and every figure is rebuilt from result.json by `nlviz.experiments.figures`.
@@ -18,8 +18,9 @@ st.caption(f"Experiments found in `{parent}`: the paper's claims in miniature, w
 
 found = list_results(parent)
 if not found:
-    st.info(f"No results yet. Run `python -m nlviz.experiments NAME` (NAME one of {', '.join(EXPERIMENTS)}; "
-            f"add `--quick` for a run of seconds) and they appear here.")
+    st.info(f"No results yet. Run `make experiment NAME=capacity` in a terminal, in the project's folder (NAME one "
+            f"of {', '.join(EXPERIMENTS)}; add `ARGS=--quick` for a run of seconds; the same as `.venv/bin/python -m "
+            f"nlviz.experiments NAME`), and they appear here.")
     st.stop()
 
 cfg = st.column_config

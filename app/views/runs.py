@@ -13,16 +13,16 @@ from nlviz import figures
 from nlviz.store import RunStoreError
 
 st.title("Runs")
-st.caption(f"Every run recorded in `{common.runs_dir()}` by the dashboard or by `python -m nlviz train --out ...`.")
+st.caption(f"Every run recorded in `{common.runs_dir()}` by the dashboard or by `.venv/bin/python -m nlviz train --out ...`.")
 
 runs = common.recorded_runs()
 if not runs:
     st.info("No recorded run yet. Start one on the **Live run** page, or from a terminal with "
-            "`python -m nlviz train --out runs/NAME`.")
+            "`.venv/bin/python -m nlviz train --out runs/NAME` (or `make demo`'s environment activated).")
     st.stop()
 
 st.dataframe(
-    pd.DataFrame([{"run": r.name, "status": r.status, "steps": f"{r.last_step}/{r.total}", "task": r.task,
+    pd.DataFrame([{"run": r.name, "status": f"{r.status} (diverging)" if r.diverging else r.status, "steps": f"{r.last_step}/{r.total}", "task": r.task,
                    "periods": ", ".join(map(str, r.periods)), "last seen": f"{r.age_s:.0f} s ago",
                    "message": r.message} for r in runs]),
     hide_index=True, key="runs_table")
@@ -40,6 +40,8 @@ other = pick[1].selectbox("Compare with", others, key="runs_compare",
 info = next(r for r in runs if r.name == name)
 if info.status in ("diverged", "failed"):
     st.error(f"This run {info.status}: {info.message}. Its data up to there are kept below.")
+if info.diverging and info.status != "diverged":
+    st.warning(f"This run was flagged as {info.diverging}")
 
 last = max(info.last_step, 1)
 step = st.slider("Time cursor (step): moves every panel together", 1, last, key="runs_step",
