@@ -9,15 +9,19 @@ runs' training processes are the only writers.
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import streamlit as st
 import torch
 
-from nlviz import ModelConfig, figures, open_run
+from nlviz import LevelSpec, ModelConfig, SurpriseConfig, TrainConfig, figures, open_run
+from nlviz.config import ACCUMULATE, AUTOCAST, OPTIMIZERS, SIGNS, VARIANTS, ConfigError
+from nlviz.device import resolve_device
 from nlviz.live import LiveRun, RunRegistry
 from nlviz.store import RunInfo, RunReader, list_runs
 
@@ -100,7 +104,8 @@ def query_int(key: str, default: int | None = None) -> int | None:
 # summaries and Eq 25-29 memory records every 10 steps (the trainer's linear-record cadence).
 WRITER_OPTIONS = {"scalars_every": 1, "tensors_every": 10, "memory_every": 10}
 DEFAULT_STEPS = 3000  # the default run: the library's default model and task, for this many steps
-DEFAULT_LEVELS = [{k: getattr(lv, k) for k in ("period", "width", "hidden", "optimizer", "lr")}
+LEVEL_COLUMNS = ("period", "width", "hidden", "optimizer", "lr")  # the LevelSpec fields the levels table edits
+DEFAULT_LEVELS = [{k: getattr(lv, k) for k in LEVEL_COLUMNS}
                   for lv in ModelConfig().levels]  # the levels table starts from the library's defaults
 TASKS = {
     "multiscale": "multi-timescale regression: a fast and a slow drifting map",
@@ -110,9 +115,10 @@ TASKS = {
 
 
 def default_device() -> str:
-    from nlviz.device import describe_device, resolve_device
+    """What a run of the default settings trains on, as its Device metric will say."""
+    from nlviz.live import run_device
 
-    return describe_device(resolve_device("auto"))
+    return run_device("auto")
 
 
 def devices() -> list[str]:
@@ -128,74 +134,132 @@ def periods(run: LiveRun | None) -> tuple[int, ...]:
     return run.config.model.periods if run is not None else tuple(lv["period"] for lv in DEFAULT_LEVELS)
 
 
-def config_form(key: str):
-    """The run settings as widgets; returns (TrainConfig, None) or (None, the validation message)."""
+def _typed(value: Any, whole: bool) -> Any:
+    """A number as the user typed it: numpy scalars as Python numbers, and a whole float as an
+    int where the field wants an integer (the table holds floats, so that 1.5 reaches the
+    validation as 1.5 instead of being rounded by the widget); anything else unchanged."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        value = float(value)
+        if whole and value.is_integer():
+            return int(value)
+    return value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def level_specs(rows: list[dict[str, Any]]) -> tuple[LevelSpec, ...]:
+    """The levels table's rows, as `st.data_editor(...).to_dict("records")` gives them, as
+    LevelSpecs holding exactly what was typed; LevelSpec alone decides what is allowed.
+    ConfigError naming the level (from 1) and the field: "level 2 period: must be ...", or
+    "level 2 lr: needs a value" for an empty cell."""
+    specs = []
+    for i, row in enumerate(rows, start=1):
+        values = {}
+        for name in LEVEL_COLUMNS:
+            value = _typed(row.get(name), whole=name in ("period", "width", "hidden"))
+            if _missing(value):
+                raise ConfigError(f"level {i} {name}: needs a value")
+            values[name] = value
+        try:
+            specs.append(LevelSpec(**values))
+        except ConfigError as e:
+            raise ConfigError(f"level {i} {e}") from None
+    return tuple(specs)
+
+
+def train_config(form: dict[str, Any], rows: list[dict[str, Any]]) -> TrainConfig:
+    """The run the form describes: `form` holds the settings widgets' values by field name
+    (task, steps, batch_size, seed, device, variant, accumulate, residual, norm, autocast,
+    surprise, weight, sign), `rows` the levels table. Values pass through as typed; ConfigError
+    with the library's message for any that is not allowed, or for a device that is not here."""
+    config = TrainConfig(
+        task=form["task"], steps=_typed(form["steps"], True), batch_size=_typed(form["batch_size"], True),
+        seed=_typed(form["seed"], True), device=form["device"], accumulate=form["accumulate"],
+        autocast=form["autocast"],
+        model=ModelConfig(levels=level_specs(rows), variant=form["variant"], residual=form["residual"],
+                          norm=form["norm"]),
+        surprise=SurpriseConfig(enabled=form["surprise"], weights=(_typed(form["weight"], False),), sign=form["sign"]),
+    )
+    resolve_device(config.device)  # the one setting only this machine can check
+    return config
+
+
+def run_summary(config: TrainConfig) -> str:
+    """The run a config starts, in one line: task, steps, batch, levels (period, optimizer,
+    learning rate), variant, chunk update, surprise objective, forward pass and device."""
+    from nlviz.live import run_device
+
+    # repr: the shortest text that reads back as the same float (the format %g would cut it to 6 digits)
+    levels = ", ".join(f"C={lv.period} {lv.optimizer} lr {lv.lr!r}" for lv in config.model.levels)
+    sur = config.surprise
+    surprise = (f"surprise objective on (weight {sur.weights[0]!r}, {sur.sign} sign)" if sur.enabled
+                else "surprise objective off")
+    forward = "bf16 forward pass" if config.autocast == "bf16" else "float32 forward pass"
+    return (f"{config.task}, {config.steps} steps, batch {config.batch_size}, seed {config.seed}; "
+            f"{len(config.model.levels)} levels: {levels}; {config.model.variant}, chunk {config.accumulate}; "
+            f"{surprise}; {forward}; on {run_device(config.device)}")
+
+
+def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
+    """The run settings as widgets; returns (TrainConfig, None) or (None, the validation message).
+
+    No widget clamps or rounds: inputs have no bounds, and numbers are floats shown with %g,
+    so what reaches `train_config` is what the page shows, and the library's validation alone
+    says what is allowed."""
     import pandas as pd
 
-    from nlviz import LevelSpec, ModelConfig, SurpriseConfig, TrainConfig
-    from nlviz.config import ConfigError
-
+    shown = "%g"  # the browser's %g prints a number in full (JavaScript's own digits), neither rounded nor padded
     top = st.columns([2, 1, 1, 1, 1])
-    task = top[0].selectbox("Task", list(TASKS), key=f"{key}_task", format_func=lambda t: f"{t}: {TASKS[t]}")
-    steps = top[1].number_input("Steps", 1, 10**7, DEFAULT_STEPS, step=500, key=f"{key}_steps")
-    batch = top[2].number_input("Batch size", 1, 4096, 32, key=f"{key}_batch")
-    seed = top[3].number_input("Seed", 0, 2**31 - 1, 0, key=f"{key}_seed")
-    device = top[4].selectbox("Device", devices(), key=f"{key}_device",
-                              help="auto picks a GPU (CUDA, then MPS) when there is one, else the CPU")
+    form: dict[str, Any] = {}
+    form["task"] = top[0].selectbox("Task", list(TASKS), key=f"{key}_task", format_func=lambda t: f"{t}: {TASKS[t]}")
+    # Floats even where the field is an integer: an integer input rounds a typed 1.5 to 1.
+    form["steps"] = top[1].number_input("Steps", value=float(DEFAULT_STEPS), step=500.0, format=shown, key=f"{key}_steps")
+    form["batch_size"] = top[2].number_input("Batch size", value=32.0, step=1.0, format=shown, key=f"{key}_batch")
+    form["seed"] = top[3].number_input("Seed", value=0.0, step=1.0, format=shown, key=f"{key}_seed")
+    form["device"] = top[4].selectbox("Device", devices(), key=f"{key}_device",
+                                      help="auto picks a GPU (CUDA, then MPS) when there is one, else the CPU")
     st.markdown("**Levels**, fast to slow: each updates every C(l) steps (its period) with its own optimizer")
     cfg = st.column_config
     levels = st.data_editor(
-        pd.DataFrame(DEFAULT_LEVELS), key=f"{key}_levels", num_rows="dynamic", hide_index=True,
+        pd.DataFrame(DEFAULT_LEVELS).astype({"period": float, "width": float, "hidden": float, "lr": float}),
+        key=f"{key}_levels", num_rows="dynamic", hide_index=True,
         column_config={
-            "period": cfg.NumberColumn("period C(l)", min_value=1, max_value=100_000, step=1, default=1, required=True),
-            "width": cfg.NumberColumn("width d", min_value=1, max_value=4096, step=1, default=64, required=True),
-            "hidden": cfg.NumberColumn("hidden", min_value=1, max_value=16384, step=1, default=256, required=True),
-            "optimizer": cfg.SelectboxColumn("optimizer", options=["sgd", "adam", "dgd"], default="adam", required=True,
+            "period": cfg.NumberColumn("period C(l)", default=1, format=shown, required=True),
+            "width": cfg.NumberColumn("width d", default=64, format=shown, required=True),
+            "hidden": cfg.NumberColumn("hidden", default=256, format=shown, required=True),
+            "optimizer": cfg.SelectboxColumn("optimizer", options=list(OPTIMIZERS), default="adam", required=True,
                                              help="dgd: the delta rule of Eq 28-29 as an optimizer"),
-            "lr": cfg.NumberColumn("learning rate", min_value=1e-7, max_value=100.0, default=1e-3, format="%.0e",
-                                   required=True),
+            "lr": cfg.NumberColumn("learning rate", default=1e-3, format=shown, required=True),
         },
     )
     mid = st.columns([1, 1, 1, 1, 2])
-    variant = mid[0].selectbox("Variant", ["sequential", "independent"], key=f"{key}_variant",
-                               help="sequential: the chain of Eq 30; independent: levels side by side, summed")
-    accumulate = mid[1].selectbox("Chunk update", ["sum", "mean"], key=f"{key}_accumulate",
-                                  help="Eq 31 sums a chunk's gradients; mean divides by C(l) (a different choice)")
-    residual = mid[2].toggle("Residual", True, key=f"{key}_residual")
-    norm = mid[3].toggle("LayerNorm", True, key=f"{key}_norm")
-    autocast = mid[4].selectbox("Forward pass", ["none", "bf16"], key=f"{key}_autocast",
-                                format_func=lambda a: "float32" if a == "none" else "bfloat16 (torch.autocast)",
-                                help="bf16 runs the forward pass under torch.autocast; weights and optimizer stay "
-                                     "float32. Fast on GPUs with bf16 units, slow on most CPUs")
+    form["variant"] = mid[0].selectbox("Variant", list(VARIANTS), key=f"{key}_variant",
+                                       help="sequential: the chain of Eq 30; independent: levels side by side, summed")
+    form["accumulate"] = mid[1].selectbox("Chunk update", list(ACCUMULATE), key=f"{key}_accumulate",
+                                          help="Eq 31 sums a chunk's gradients; mean divides by C(l) (a different choice)")
+    form["residual"] = mid[2].toggle("Residual", True, key=f"{key}_residual")
+    form["norm"] = mid[3].toggle("LayerNorm", True, key=f"{key}_norm")
+    form["autocast"] = mid[4].selectbox(
+        "Forward pass", list(AUTOCAST), key=f"{key}_autocast",
+        format_func=lambda a: "float32" if a == "none" else "bfloat16 (torch.autocast)",
+        help="bf16 runs the forward pass under torch.autocast; weights and optimizer stay "
+             "float32. Fast on GPUs with bf16 units, slow on most CPUs")
     sur = st.columns([1, 1, 2])
-    surprise = sur[0].toggle("Surprise objective", False, key=f"{key}_surprise",
-                             help="each level also regresses its output y_l towards a target built from u_l")
-    weight = sur[1].number_input("Weight", 0.0, 100.0, 0.1, key=f"{key}_weight", disabled=not surprise)
-    sign = sur[2].radio("Target", ["consistent", "printed"], key=f"{key}_sign", horizontal=True, disabled=not surprise,
-                        format_func=lambda s: "v = -u (consistent)" if s == "consistent" else "v = +u (printed Eq 27: ascends the loss)")
+    form["surprise"] = sur[0].toggle("Surprise objective", False, key=f"{key}_surprise",
+                                     help="each level also regresses its output y_l towards a target built from u_l")
+    form["weight"] = sur[1].number_input("Weight", value=0.1, format=shown, key=f"{key}_weight",
+                                         disabled=not form["surprise"])
+    form["sign"] = sur[2].radio(
+        "Target", list(SIGNS), key=f"{key}_sign", horizontal=True, disabled=not form["surprise"],
+        format_func=lambda s: "v = -u (consistent)" if s == "consistent" else "v = +u (printed Eq 27: ascends the loss)")
     try:
-        rows = levels.to_dict("records")
-        specs = []
-        for i, row in enumerate(rows):
-            try:
-                specs.append(LevelSpec(period=int(row["period"]), width=int(row["width"]), hidden=int(row["hidden"]),
-                                       optimizer=row["optimizer"], lr=float(row["lr"])))
-            except (TypeError, ValueError) as e:  # an empty cell in a new row
-                raise ConfigError(f"level {i + 1}: every column needs a value ({e})") from None
-            except ConfigError as e:
-                raise ConfigError(f"level {i + 1} {e}") from None
-        config = TrainConfig(
-            task=task, steps=int(steps), batch_size=int(batch), seed=int(seed), device=device, accumulate=accumulate,
-            autocast=autocast,
-            model=ModelConfig(levels=tuple(specs), variant=variant, residual=residual, norm=norm),
-            surprise=SurpriseConfig(enabled=surprise, weights=(float(weight),), sign=sign),
-        )
-        from nlviz.device import resolve_device
-
-        resolve_device(config.device)
-        return config, None
+        config = train_config(form, levels.to_dict("records"))
     except ConfigError as e:
         return None, str(e)
+    st.caption(f"**Start** trains: {run_summary(config)}.")
+    return config, None
 
 
 def loss_panel(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None) -> None:
@@ -229,26 +293,59 @@ def time_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: i
 
 def heatmap_panels(reader: RunReader, periods: tuple[int, ...], key: str, cursor: int | None = None,
                    choose_step: bool = False) -> None:
-    """Heatmaps of a level's activations and surprise at a recorded step (the nearest at or
-    before `cursor`, or the newest); with choose_step, a slider over the recorded steps."""
+    """Heatmaps of a level's activations and surprise at one recorded step: the newest record
+    at or before `cursor`, the step the page shows (None: the newest record). Tensors are
+    recorded every few steps only (every 10 in dashboard runs), so that is the record a reader
+    of step `cursor` has. With choose_step, a slider over the recorded steps that follows
+    `cursor`: a step the user picks stays until `cursor` moves on, then the slider follows again.
+
+    The step is written once, in each figure's title, not in the caption: a new figure is a
+    new chart in the browser, drawn a few hundred ms after the text beside it, so a step in
+    both would disagree on screen while the page refreshes."""
     steps = reader.tensor_steps("activation")
+    every = reader.meta.get("cadence", {}).get("tensors_every")
+    cadence = f"every {every} steps in this run" if every else "every few steps"
     if not steps:
-        st.info("Heatmaps appear at the first tensor record (every 10 steps in dashboard runs).")
+        st.info(f"Heatmaps appear at the first tensor record ({cadence}).")
+        return
+    newest = max((s for s in steps if cursor is None or s <= cursor), default=None)
+    if newest is None:
+        st.info(f"No tensor record yet at or before step {cursor}: the first is at step {steps[0]} ({cadence}).")
         return
     pick = st.columns([1, 3])
     level = pick[0].selectbox("Heatmaps of level", range(1, len(periods) + 1), key=f"{key}_heat_level",
                               format_func=lambda l: f"level {l} (C={periods[l - 1]})")
-    at = max((s for s in steps if cursor is None or s <= cursor), default=steps[0])
+    at, why = newest, "the newest record at or before the step this page shows" if cursor is not None else "the newest record"
     if choose_step and len(steps) > 1:  # a paused or ended run: any recorded step
-        at = pick[1].select_slider("Heatmaps at step", steps, value=at, key=f"{key}_heat_step")
-    st.caption(f"Activations y_l and surprise u_l of level {level} at step {at}: the first 4 examples of the batch "
-               "(rows) by up to 64 units (columns); the nearest record at or before the selected step.")
-    a, b = st.columns(2)
-    for col, kind, title in ((a, "activation", "activations y_l"), (b, "surprise", "surprise u_l = dL/dy_l")):
+        slider, pinned = f"{key}_heat_step", f"{key}_heat_pinned"
+        # A widget's state outlives the value= it was created with, so the slider is set here,
+        # before it is drawn: to the step the page shows, unless the user picked one at this very cursor.
+        if st.session_state.get(pinned) != cursor or st.session_state.get(slider) not in steps:
+            st.session_state[slider] = newest
+            st.session_state.pop(pinned, None)
+        at = pick[1].select_slider("Heatmaps at step", steps, key=slider, on_change=_pin, args=(pinned, cursor))
+        if at != newest:
+            why = "the step picked on the slider; it follows the run again once the run moves on"
+    # Everything is read and built before anything is drawn, so the caption and both charts
+    # leave in one burst and the browser never holds half of a refresh.
+    charts = []
+    for kind, title in (("activation", "activations y_l"), ("surprise", "surprise u_l = dL/dy_l")):
         try:
             _, sample = reader.tensor(at, level, kind)
         except KeyError:
-            col.info(f"No {kind} record for level {level} at step {at}.")
+            charts.append((kind, None))
             continue
-        fig = figures.heatmap_figure(sample, f"level {level}: {title}, step {at}")
-        col.plotly_chart(figures.steady(fig, right=90), key=f"{key}_heat_{kind}")
+        charts.append((kind, figures.heatmap_figure(sample, f"level {level}: {title}, step {at}")))
+    st.caption(f"Activations y_l and surprise u_l of level {level}, at the step in each title: {why} "
+               f"(tensors are recorded {cadence}). The first 4 examples of the batch (rows) by up to 64 units "
+               "(columns).")
+    for col, (kind, fig) in zip(st.columns(2), charts):
+        if fig is None:
+            col.info(f"No {kind} record for level {level} at step {at}.")
+        else:
+            col.plotly_chart(figures.steady(fig, right=90), key=f"{key}_heat_{kind}")
+
+
+def _pin(pinned: str, cursor: int | None) -> None:
+    """The user moved the heatmap slider: keep their step while the page's step stays `cursor`."""
+    st.session_state[pinned] = cursor

@@ -46,10 +46,8 @@ class ConfigError(ValueError):
 
 
 def _int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: must be an integer >= {lo}, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        allowed = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+    allowed = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
         raise ConfigError(f"{name}: must be an integer {allowed}, got {value!r}")
 
 

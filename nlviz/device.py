@@ -40,12 +40,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     raise ConfigError(f"device: must be one of auto, cpu, cuda, mps; got {name!r}")
 
 
-def describe_device(device: torch.device) -> str:
-    """A human-readable name, e.g. 'cuda (NVIDIA H100 80GB HBM3)' or 'cpu (2 threads)'."""
+def describe_device(device: torch.device, threads: int | None = None) -> str:
+    """A human-readable name, e.g. 'cuda (NVIDIA H100 80GB HBM3)' or 'cpu (2 threads)'.
+    threads: the CPU threads the run will use, where that is not this process's count."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     if device.type == "cpu":
-        threads = torch.get_num_threads()
+        threads = torch.get_num_threads() if threads is None else threads
         return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
     return device.type
 

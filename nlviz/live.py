@@ -5,13 +5,17 @@ parent/<name>/run.sqlite (a `RunWriter`), with periodic checkpoints and summary.
 written as the command line writes them (`nlviz.rundir`). Each run has one training
 process, which owns its trainer, writer and checkpointer; callers (a Streamlit script, a
 notebook, a test) only send commands (`start`, `pause`, `step`, `step_to_update`, `stop`)
-and read `state` and `step_count`. Recorded data are read from the store with
+and read `state`, `step_count` and `message`. Recorded data are read from the store with
 `nlviz.open_run(run.directory)`, never from the worker.
 
     ready --start/step--> running --pause/target reached--> paused --start/step--> running
-    running --config.steps reached--> finished      ready|running|paused --stop--> stopped
+    running --config.steps reached--> finished    ready|running|paused --stop--> interrupted
     running --non-finite loss or surprise--> diverged    --any other error--> failed
     (the training process killed, or crashed) --> failed
+
+A run's ended states are the run store's statuses, word for word (`RunReader.status`),
+so the live page and every other reader name the same run the same way; `message` is the
+store's line for it ("stopped by the user at step N", where it diverged, what failed).
 
 The decision to know: a run trains in a process of its own, so the page and the run no
 longer share a GIL. In a thread of the Streamlit server, every refresh of the live page
@@ -20,8 +24,11 @@ keeps the cheap parts (names, the one-run-per-device rule, the state machine); c
 down a pipe, and the child's state comes back up another, read by one listener thread per
 run; `step_count` is a shared integer the child sets after every step, read without asking.
 Processes come from a forkserver that has imported torch and nlviz once (spawn where there
-is none), never from a fork of the server, which has threads (and perhaps CUDA). A script
-that creates runs therefore needs the usual `if __name__ == "__main__":` guard.
+is none), never from a fork of the server, which has threads (and perhaps CUDA). Before it
+runs, each such process re-runs the main script of the process that created it, as
+`__mp_main__` (multiprocessing's preparation of a spawned child; under `streamlit run` that
+is the dashboard's entry point). A script that creates runs therefore keeps its work under
+the usual `if __name__ == "__main__":` guard, as app/streamlit_app.py does.
 
 A run belongs to its registry, not to whoever started it. Several callers (browser tabs)
 may hold the same LiveRun, dropping a reference stops nothing, and by default one run holds
@@ -50,19 +57,20 @@ from typing import Any, Callable, Iterable
 import torch
 
 from .config import TrainConfig
-from .device import resolve_device
+from .device import describe_device, resolve_device
 from .rundir import Checkpointer, write_summary
 from .store import RunWriter, run_directory
 from .tasks import Task
 from .trainer import DivergenceError, RunResult, Subscriber, Trainer
 
-__all__ = ["LiveRun", "RunRegistry", "RunBusyError", "STATES"]
+__all__ = ["LiveRun", "RunRegistry", "RunBusyError", "STATES", "run_device"]
 
 READY, RUNNING, PAUSED = "ready", "running", "paused"
-FINISHED, STOPPED, DIVERGED, FAILED = "finished", "stopped", "diverged", "failed"
-STATES = (READY, RUNNING, PAUSED, FINISHED, STOPPED, DIVERGED, FAILED)
-ENDED = (FINISHED, STOPPED, DIVERGED, FAILED)
+FINISHED, INTERRUPTED, DIVERGED, FAILED = "finished", "interrupted", "diverged", "failed"  # the store's statuses
+STATES = (READY, RUNNING, PAUSED, FINISHED, INTERRUPTED, DIVERGED, FAILED)
+ENDED = (FINISHED, INTERRUPTED, DIVERGED, FAILED)
 HOLDING = (RUNNING, PAUSED)  # states in which a run holds its device
+CPU_THREADS = 1  # torch's intra-op threads in a CPU run's process unless create(threads=...) says otherwise
 
 BUILD_TIMEOUT_S = 120.0  # create waits this long for the child's trainer (the first run also starts the forkserver)
 EXIT_TIMEOUT_S = 5.0  # how long a process that has reported its end, or runs asked to stop at exit, get to exit
@@ -82,7 +90,9 @@ def _context() -> Any:
             _CONTEXT = multiprocessing.get_context("forkserver")
             # The server imports these once, and every run is a fork of it: no imports per run.
             # torch.optim imports torch._dynamo on the first optimizer built, 1.5 s of a run's start.
-            _CONTEXT.set_forkserver_preload(["__main__", __name__, "torch._dynamo"])
+            # Not "__main__": the forkserver never receives its path (CPython 3.11), and where it
+            # does, it would run the creating script (the dashboard's page) inside the server.
+            _CONTEXT.set_forkserver_preload([__name__, "torch._dynamo"])
         else:
             _CONTEXT = multiprocessing.get_context("spawn")
     return _CONTEXT
@@ -105,7 +115,7 @@ def _one_line(error: BaseException) -> str:
 # ---------------------------------------------------------------------- the training process
 # Commands, parent -> child: ("run", target step), ("pause",), ("stop",).
 # Reports, child -> parent: ("built", device name, device type) or ("error", exception), then
-# ("paused",) any number of times, then ("ended", state, error line).
+# ("paused",) any number of times, then ("ended", state, the store's message line).
 
 
 def _send(conn: Connection, message: tuple) -> None:
@@ -156,19 +166,19 @@ class _Worker:
         self.result: RunResult | None = None
 
     def serve(self) -> tuple[str, str]:
-        """Serve commands until the run ends; returns its state and error line."""
+        """Serve commands until the run ends; returns its state and message line."""
         trainer = self.trainer
         try:
-            state, error = self._loop(), ""
+            state, message = self._loop()
         except DivergenceError as e:  # Trainer.run has recorded "diverged" and where in the store
-            state, error = DIVERGED, str(e)
+            state, message = DIVERGED, str(e)
             self._record_end("diverged", e)
         except BaseException as e:  # the state says it; the parent raises nothing
-            state, error = FAILED, _one_line(e)
+            state, message = FAILED, _one_line(e)
             self._record_end("failed", e)
         self.steps.value = trainer.clock.t  # a step that failed midway has ticked the clock already
         trainer.close()
-        return state, error
+        return state, message
 
     def _receive(self) -> str | int:
         """The next command: "pause", "stop", or the step to train to; "gone" once the parent has."""
@@ -189,8 +199,8 @@ class _Worker:
             halt = "pause"  # nothing but pause and stop is sent while training
         return halt
 
-    def _loop(self) -> str:
-        """Serve commands until the run finishes or is stopped; returns that state."""
+    def _loop(self) -> tuple[str, str]:
+        """Serve commands until the run finishes or is stopped; returns that state and its message."""
         trainer, checkpointer = self.trainer, self.checkpointer
         while True:
             command = self._receive()
@@ -207,21 +217,22 @@ class _Worker:
                 if result.status == "finished":  # Trainer.run has recorded "finished"
                     checkpointer.save(trainer)
                     self._summary(FINISHED)
-                    return FINISHED
+                    return FINISHED, ""
                 halt = self._halt()
             if halt in ("stop", "gone"):
                 break
             checkpointer.save(trainer)  # paused: resumable from this very step
             self.steps.value = trainer.clock.t
             _send(self.states, ("paused",))
-        if self.control.started:
-            checkpointer.save(trainer)  # before the status, so an "interrupted" run can resume at once
-            why = "stopped by the user" if halt == "stop" else "stopped when the process that started it exited"
-            trainer.end("interrupted", _UserStop(f"{why} at step {trainer.clock.t}"))
-            self._summary("interrupted")
-        else:  # stopped before its first step: no store, nothing to keep
+        why = "stopped by the user" if halt == "stop" else "stopped when the process that started it exited"
+        if not self.control.started:  # stopped before its first step: no store, nothing to keep
             _remove_if_empty(self.directory)
-        return STOPPED
+            return INTERRUPTED, f"{why} before its first step"
+        checkpointer.save(trainer)  # before the status, so an "interrupted" run can resume at once
+        message = f"{why} at step {trainer.clock.t}"
+        trainer.end(INTERRUPTED, _UserStop(message))
+        self._summary(INTERRUPTED)
+        return INTERRUPTED, message
 
     def _summary(self, status: str, error: BaseException | None = None) -> None:
         write_summary(self.directory, self.trainer, status, seconds=self.seconds, result=self.result, error=error)
@@ -295,7 +306,7 @@ class LiveRun:
         self._registry = registry
         self._cond = threading.Condition()  # guards the fields below; notified on every state change
         self._state = READY
-        self._error = ""
+        self._message = ""
         self._stop_asked = False
         with _PROCESS_LOCK:
             context = _context()
@@ -327,7 +338,8 @@ class LiveRun:
     # ------------------------------------------------------------------ reading
     @property
     def state(self) -> str:
-        """ready | running | paused | finished | stopped | diverged | failed."""
+        """ready | running | paused | finished | interrupted | diverged | failed (the last
+        four are the run store's statuses)."""
         return self._state
 
     @property
@@ -337,9 +349,15 @@ class LiveRun:
         return self._steps.value
 
     @property
+    def message(self) -> str:
+        """Why the run ended, in one line, as the store records it ("stopped by the user at
+        step 17", where it diverged, what failed); "" while it has not ended, or once it finished."""
+        return self._message
+
+    @property
     def error(self) -> str:
         """Why the run diverged or failed, in one line; "" otherwise."""
-        return self._error
+        return self._message if self._state in (DIVERGED, FAILED) else ""
 
     @property
     def ended(self) -> bool:
@@ -390,7 +408,8 @@ class LiveRun:
 
     def stop(self, wait: bool = True, timeout: float | None = 60.0) -> None:
         """End the run after the current step: checkpoint.pt, the store's status
-        "interrupted" ("stopped by the user at step N"), summary.json; the process exits.
+        "interrupted" ("stopped by the user at step N", also `message`), summary.json; the
+        process exits; the state becomes interrupted.
         From ready (nothing was recorded: the empty directory is removed), running or paused.
         The checkpoint resumes with `python -m nlviz train --resume DIR`."""
         with self._cond:
@@ -490,7 +509,7 @@ class LiveRun:
         if ended is None:
             ended = (FAILED, f"the training process died (exit code {code}) at step {self.step_count}")
         with self._cond:
-            self._state, self._error = ended
+            self._state, self._message = ended
             self._commands.close()  # no command is sent to an ended run
             self._states.close()
             self._cond.notify_all()
@@ -506,6 +525,19 @@ class LiveRun:
         with _PROCESS_LOCK:
             process.join()
         return process.exitcode
+
+
+def _threads(device_type: str, threads: int | None) -> int | None:
+    return CPU_THREADS if threads is None and device_type == "cpu" else threads
+
+
+def run_device(device: str = "auto", threads: int | None = None) -> str:
+    """What a run created with this `TrainConfig.device` (and `RunRegistry.create`'s threads)
+    will train on, in the words its `LiveRun.device` will use, e.g. "cpu (1 thread)": the run's
+    process sets its own thread count, so this process's (what `describe_device` reads) is not
+    the run's. ConfigError naming `device` for a device that is not here."""
+    resolved = resolve_device(device)
+    return describe_device(resolved, _threads(resolved.type, threads))
 
 
 def _remove_if_empty(directory: Path) -> None:
@@ -543,8 +575,9 @@ class RunRegistry:
         checkpoint_every (0: only on pause, stop and finish) as on the command line; task
         replaces the config's task (experiments, tests; a resume from the command line
         rebuilds the config's own task) and must pickle; threads: torch's intra-op threads
-        in the training process (default 1 on the CPU, where at these sizes one thread is as
-        fast and two spin against each other on a busy machine; torch's own default elsewhere).
+        in the training process (default CPU_THREADS on the CPU, where at these sizes one
+        thread is as fast and two spin against each other on a busy machine; torch's own
+        default elsewhere). `run_device` says beforehand what the run will train on.
 
         Raises RunBusyError while the device type is held (see `per_device`), ConfigError
         for a device that is not here, ValueError for a bad name or option, and what building
@@ -554,8 +587,7 @@ class RunRegistry:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"threads: must be an integer >= 1 (or None for the default), got {threads!r}")
         device_type = resolve_device(config.device).type
-        if threads is None and device_type == "cpu":
-            threads = 1
+        threads = _threads(device_type, threads)
         with self._lock:
             self._check_free(device_type)
             name, directory = self._claim(name)

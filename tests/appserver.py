@@ -102,6 +102,12 @@ LAST_PLOTTED_STEP = """() => {
   return 0;
 }"""
 
+# The titles of the heatmaps drawn now, in page order (plotly keeps each graph's layout on its element).
+HEATMAP_TITLES = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+  .map(gd => (gd.layout && gd.layout.title && gd.layout.title.text) || '')
+  .map(t => t.replace(/<[^>]*>/g, ''))
+  .filter(t => t.startsWith('level ') && t.includes(', step '))"""
+
 # The Step metric's value (the worker's step count), 0 before it is drawn.
 _STEP_METRIC = """() => {
   for (const m of document.querySelectorAll('[data-testid="stMetric"]')) {

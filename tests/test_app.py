@@ -4,18 +4,22 @@ AppTest, so the panels are checked by rerunning the page)."""
 
 from __future__ import annotations
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from nlviz import LevelClock, TrainConfig, Trainer, open_run
+from nlviz import LevelClock, LevelSpec, ModelConfig, SurpriseConfig, TrainConfig, Trainer, open_run
+from nlviz.config import ConfigError
 from nlviz.store import RunWriter
 
 from conftest import tiny_config
 
 APP = Path(__file__).resolve().parents[1] / "app"
+LONG = 10**6  # steps of a run that is still running whenever a test looks
 sys.path.insert(0, str(APP))  # the pages import app/common.py, as `streamlit run` arranges
 
 
@@ -58,7 +62,6 @@ def test_home_explains_and_starts_the_default_run_in_one_click(runs):
 
     (run,) = common.registry().runs()
     assert run.config == TrainConfig(steps=3000) and run.state in ("running", "finished")
-    run.pause() if run.state == "running" else None
     assert run.directory.parent == runs.resolve()
 
 
@@ -66,7 +69,7 @@ def test_live_page_has_its_controls_and_a_run_steps_through_them(runs):
     at = _app("live")
     assert {"Start", "Pause", "Step", "Step to next update of level", "Stop"} <= {b.label for b in at.button}
     assert at.button(key="pause").disabled and at.button(key="step").disabled  # nothing to pause yet
-    at.number_input(key="live_steps").set_value(300).run()
+    at.number_input(key="live_steps").set_value(LONG).run()  # still running when Pause lands, however fast the machine
     at.button(key="start").click().run()
     assert not at.exception and not at.error
     at.button(key="pause").click().run()
@@ -84,7 +87,8 @@ def test_live_page_has_its_controls_and_a_run_steps_through_them(runs):
     assert now % 64 == 0 and before + 1 < now <= before + 65
     assert len(at.get("plotly_chart")) >= 4 and not at.exception
     at.button(key="stop").click().run()
-    assert _metric(at, "State") == "stopped"
+    assert _metric(at, "State") == "interrupted"  # the store's word, as on the Runs page
+    assert any(f"This run was stopped by the user at step {now}." in i.value for i in at.info)
     run = open_run(next(runs.iterdir()))
     assert run.status == "interrupted" and run.last_step() == now
     assert run.level_updates().values.tolist() == [[t, l + 1] for t, l in LevelClock((1, 8, 64)).updates_between(1, now)]
@@ -221,3 +225,221 @@ def test_the_form_can_run_the_forward_pass_in_bf16(runs):
     assert run.config.autocast == "bf16"
     assert run.wait(timeout=120) == "finished"
     assert open_run(run.directory).last_step() == 5
+
+
+# ---------------------------------------------------------------------- what runs is what the page shows
+def _library_message(make) -> str:
+    """The library's own message for a bad value: the page must show it, not a restatement."""
+    with pytest.raises(ConfigError) as caught:
+        make()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("widget, value, make", [
+    ("live_steps", 0, lambda: TrainConfig(steps=0)),
+    ("live_steps", -5, lambda: TrainConfig(steps=-5)),
+    ("live_batch", 0, lambda: TrainConfig(batch_size=0)),
+    ("live_seed", -1, lambda: TrainConfig(seed=-1)),
+])
+def test_a_number_the_config_refuses_is_shown_as_typed_and_start_is_disabled(runs, widget, value, make):
+    at = _app("live")
+    at.number_input(key=widget).set_value(value).run()
+    assert not at.exception
+    assert at.number_input(key=widget).value == value  # kept as typed, neither clamped nor reverted
+    assert [e.value for e in at.error] == [_library_message(make)]
+    assert at.button(key="start").disabled
+    assert not any(c.value.startswith("**Start** trains") for c in at.caption)  # no summary of a run that cannot start
+
+
+def test_a_negative_surprise_weight_is_refused_with_the_librarys_message(runs):
+    at = _app("live")
+    at.toggle(key="live_surprise").set_value(True).run()
+    at.number_input(key="live_weight").set_value(-0.5).run()
+    assert [e.value for e in at.error] == [_library_message(lambda: SurpriseConfig(enabled=True, weights=(-0.5,)))]
+    assert at.button(key="start").disabled
+
+
+@pytest.mark.parametrize("edit, level, make", [
+    ({1: {"lr": -1}}, 2, lambda: LevelSpec(lr=-1.0)),
+    ({1: {"lr": -0.5}}, 2, lambda: LevelSpec(lr=-0.5)),
+    ({2: {"period": 0}}, 3, lambda: LevelSpec(period=0)),
+    ({0: {"period": 1.5}}, 1, lambda: LevelSpec(period=1.5)),  # not rounded to 1 or 2 on its way
+    ({0: {"width": 0}}, 1, lambda: LevelSpec(width=0)),
+])
+def test_a_levels_table_value_the_config_refuses_names_its_level_and_disables_start(runs, edit, level, make):
+    at = _app("live")
+    at.session_state["live_levels"] = {"edited_rows": edit, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [f"level {level} {_library_message(make)}"]
+    assert at.button(key="start").disabled
+
+
+def test_an_empty_cell_of_a_new_level_is_named(runs):
+    at = _app("live")
+    at.session_state["live_levels"] = {"edited_rows": {}, "added_rows": [{"period": 512}], "deleted_rows": []}
+    at.run()
+    assert [e.value for e in at.error] == ["level 4 width: needs a value"]
+    assert at.button(key="start").disabled
+
+
+def test_level_specs_keep_what_the_table_holds():
+    """The rows as st.data_editor gives them: numpy floats (the table's columns are floats, so a
+    typed 1.5 arrives as 1.5), NaN for an empty cell."""
+    import numpy as np
+
+    import common
+
+    rows = [{"period": np.float64(1.0), "width": np.float64(64.0), "hidden": np.float64(256.0), "optimizer": "adam",
+             "lr": np.float64(1e-3)},
+            {"period": 8.0, "width": 64.0, "hidden": 100.0, "optimizer": "dgd", "lr": np.float64(2.5e-7)}]
+    assert common.level_specs(rows) == (LevelSpec(period=1), LevelSpec(period=8, hidden=100, optimizer="dgd", lr=2.5e-7))
+    assert all(type(lv.period) is int and type(lv.lr) is float for lv in common.level_specs(rows))
+    for column, bad, make in (("period", 2.5, lambda: LevelSpec(period=2.5)), ("lr", 0.0, lambda: LevelSpec(lr=0.0)),
+                              ("optimizer", "lbfgs", lambda: LevelSpec(optimizer="lbfgs"))):
+        with pytest.raises(ConfigError) as caught:
+            common.level_specs([rows[0], {**rows[1], column: bad}])
+        assert str(caught.value) == f"level 2 {_library_message(make)}"
+    with pytest.raises(ConfigError, match=r"^level 1 hidden: needs a value$"):
+        common.level_specs([{**rows[0], "hidden": np.nan}])
+
+
+def test_the_form_says_which_run_start_trains_and_that_run_trains(runs):
+    at = _app("live")
+    at.number_input(key="live_steps").set_value(40).run()
+    at.session_state["live_levels"] = {"edited_rows": {1: {"optimizer": "sgd", "lr": 0.005}, 2: {"period": 16}},
+                                       "added_rows": [], "deleted_rows": []}
+    at.selectbox(key="live_accumulate").set_value("mean").run()
+    expected = TrainConfig(steps=40, accumulate="mean", model=ModelConfig(
+        levels=(LevelSpec(period=1), LevelSpec(period=8, optimizer="sgd", lr=0.005), LevelSpec(period=16))))
+    import common
+
+    summary = common.run_summary(expected)
+    assert "C=8 sgd lr 0.005" in summary and "40 steps" in summary and "chunk mean" in summary
+    assert common.default_device() in summary
+    assert f"**Start** trains: {summary}." in [c.value for c in at.caption]
+    at.button(key="start").click().run()
+    assert not at.exception and not at.error
+    (run,) = common.registry().runs()
+    assert run.config == expected
+    assert run.wait(timeout=120) == "finished" and open_run(run.directory).last_step() == 40
+
+
+def test_home_page_names_the_device_the_run_gets(runs):
+    import common
+    from nlviz.live import run_device
+
+    at = _app()
+    button = at.button(key="start_default")
+    assert f"on {run_device('auto')})" in button.label
+    button.click().run()
+    (run,) = common.registry().runs()
+    assert run.device == run_device("auto")  # the Live page's Device metric says the same words
+
+
+# ---------------------------------------------------------------------- panels follow the step
+def _heatmap_titles(at: AppTest) -> list[str]:
+    titles = []
+    for chart in at.get("plotly_chart"):
+        title = json.loads(chart.proto.spec)["layout"].get("title", {}).get("text", "")
+        if title.startswith("level "):
+            titles.append(title)
+    return titles
+
+
+def _newest_record(directory: Path, step: int) -> int:
+    return max(s for s in open_run(directory).tensor_steps("activation") if s <= step)
+
+
+def test_the_heatmaps_follow_step_and_step_to_update_while_paused(runs):
+    at = _app("live")
+    at.number_input(key="live_steps").set_value(LONG).run()
+    at.button(key="start").click().run()
+    import common
+
+    run = common.registry().runs()[0]
+    deadline = time.monotonic() + 120
+    while run.step_count < 20:  # two tensor records, so the slider is drawn; pausing commits them
+        assert time.monotonic() < deadline, "the run did not reach step 20"
+        time.sleep(0.01)
+    at.button(key="pause").click().run()
+    assert _metric(at, "State") == "paused"
+
+    def shown():
+        step = int(_metric(at, "Step"))
+        record = _newest_record(run.directory, step)
+        assert at.select_slider(key="live_heat_step").value == record, f"the heatmaps stayed behind step {step}"
+        assert _heatmap_titles(at) == [f"level 1: activations y_l, step {record}",
+                                       f"level 1: surprise u_l = dL/dy_l, step {record}"]
+        return step, record
+
+    shown()
+    at.selectbox(key="target_level").set_value(3).run()  # C = 64: each update moves past several records
+    for _ in range(2):
+        before, record = shown()
+        at.button(key="step_to_update").click().run()
+        run.wait(timeout=120)
+        at.run()
+        after, moved = shown()
+        assert after % 64 == 0 and after > before
+    assert moved > record  # the second jump starts on a multiple of 64: it crosses a record
+
+    # A step picked on the slider stays while the run stays; a Step moves the heatmaps on again.
+    first = open_run(run.directory).tensor_steps("activation")[0]
+    at.select_slider(key="live_heat_step").set_value(first).run()
+    at.run()
+    assert at.select_slider(key="live_heat_step").value == first and _heatmap_titles(at)[0].endswith(f"step {first}")
+    at.button(key="step").click().run()
+    run.wait(timeout=120)
+    at.run()
+    shown()
+
+
+def test_a_diverging_run_is_flagged_on_the_live_page(runs):
+    """Learning rate 100 on levels 2 and 3: the loss grows by orders of magnitude while it stays finite."""
+    at = _app("live")
+    at.number_input(key="live_steps").set_value(30).run()
+    at.session_state["live_levels"] = {"edited_rows": {1: {"lr": 100.0}, 2: {"lr": 100.0}},
+                                       "added_rows": [], "deleted_rows": []}
+    at.run()
+    at.button(key="start").click().run()
+    import common
+
+    run = common.registry().runs()[0]
+    assert run.wait(timeout=120) == "finished"  # flagged, not stopped
+    at.run()
+    flag = open_run(run.directory).diverging
+    assert flag is not None and [w.value for w in at.warning] == [flag["message"]]
+    assert _metric(at, "State") == "finished"
+
+
+# ---------------------------------------------------------------------- a run's process and the page
+_AS_STREAMLIT_RUNS_IT = """
+import sys, types
+sys.path[:0] = [{tests!r}, {app!r}]
+from conftest import tiny_config
+from nlviz.live import RunRegistry
+
+# What `streamlit run` does while a page runs: the entry point is a fresh module called
+# __main__ with the script's __file__, and a Start on the page creates the run from there.
+page = types.ModuleType("__main__")
+page.__file__ = {entry!r}
+sys.modules["__main__"] = page
+run = RunRegistry(sys.argv[1]).create(tiny_config(steps=3))
+run.start()
+print(run.wait(timeout=120), flush=True)
+"""
+
+
+def test_a_runs_training_process_does_not_run_the_dashboard_page(tmp_path):
+    """Each run's process re-runs the creating process's main script (multiprocessing's spawn
+    preparation); the dashboard's entry point must do nothing there. Before, every run drew
+    the page without a session: 6-8 'missing ScriptRunContext' warnings in the server's terminal."""
+    import subprocess
+
+    script = _AS_STREAMLIT_RUNS_IT.format(tests=str(Path(__file__).parent), app=str(APP),
+                                          entry=str(APP / "streamlit_app.py"))
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "finished"
+    assert "ScriptRunContext" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

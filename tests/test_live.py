@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from nlviz import LevelClock, Trainer, open_run
+from nlviz.config import ConfigError
 from nlviz.live import LiveRun, RunBusyError, RunRegistry
 from nlviz.store import RunStoreError, run_directory
 from nlviz.tasks import MultiscaleTask
@@ -77,6 +78,21 @@ def test_a_started_run_finishes_and_the_store_has_every_step(registry):
     assert torch.load(run.directory / "checkpoint.pt", weights_only=True)["clock"]["t"] == 40
 
 
+@pytest.mark.parametrize("threads", [None, 2])
+def test_run_device_says_beforehand_what_the_run_will_report(registry, threads):
+    """The home page describes the device from run_device, the live page from the run itself:
+    one sentence for both, whatever this process's own torch thread count is."""
+    from nlviz.live import CPU_THREADS, run_device
+
+    run = registry.create(tiny_config(steps=5), threads=threads)
+    assert run.device == run_device("cpu", threads=threads)
+    assert run_device("cpu") == f"cpu ({CPU_THREADS} thread)" and run_device("cpu", threads=2) == "cpu (2 threads)"
+    auto = registry.create(tiny_config(steps=5, device="auto"), threads=threads)
+    assert auto.device == run_device("auto", threads=threads)
+    with pytest.raises(ConfigError, match="^device: "):
+        run_device("tpu")
+
+
 def test_pause_holds_the_step_and_step_runs_exactly_n_more(registry):
     run = registry.create(tiny_config(steps=LONG), scalars_every=1)
     run.start()
@@ -123,7 +139,9 @@ def test_stop_records_interrupted_and_the_checkpoint_resumes_from_the_command_li
     run.step(17)
     run.wait("paused", timeout=TIMEOUT)
     run.stop()
-    assert run.state == "stopped" and run.step_count == 17 and run.error == ""
+    # The store's word for a stopped run, and its line: the live page and the Runs page agree.
+    assert run.state == "interrupted" and run.step_count == 17 and run.error == ""
+    assert run.message == "stopped by the user at step 17"
     assert run._process.exitcode == 0
     store = open_run(run.directory)
     assert store.status == "interrupted" and store.meta["message"] == "stopped by the user at step 17"
@@ -149,7 +167,8 @@ def test_stopping_a_run_that_never_started_leaves_nothing(registry):
     run = registry.create(tiny_config())
     assert run.directory.is_dir()
     run.stop()
-    assert run.state == "stopped" and not run.directory.exists()
+    assert run.state == "interrupted" and not run.directory.exists()
+    assert run.message == "stopped by the user before its first step"
 
 
 def test_a_device_holds_one_run_until_it_is_stopped_and_ended_runs_do_not_block(registry):
@@ -167,11 +186,13 @@ def test_a_device_holds_one_run_until_it_is_stopped_and_ended_runs_do_not_block(
 
     second = registry.create(tiny_config(steps=5))
     third = registry.create(tiny_config(steps=5))  # ready runs do not hold the device
-    second.start()
+    second.step(2)  # paused, it holds the device for as long as the checks take (a running one could finish first)
+    second.wait("paused", timeout=TIMEOUT)
     for command in (third.start, third.step, lambda: third.step_to_update(1)):
-        with pytest.raises(RunBusyError, match=rf"^cpu is busy: run {second.name} is "):
+        with pytest.raises(RunBusyError, match=rf"^cpu is busy: run {second.name} is paused at step 2 of 5"):
             command()
         assert third.state == "ready"
+    second.start()
     second.wait("finished", timeout=TIMEOUT)
     third.start()  # a finished run does not hold it
     assert third.wait(timeout=TIMEOUT) == "finished"
@@ -391,7 +412,7 @@ def test_step_count_grows_while_running_without_asking_the_process(registry):
     finally:
         run._commands = commands
     run.stop()
-    assert len(set(seen)) >= 5 and seen == sorted(seen) and run.state == "stopped"
+    assert len(set(seen)) >= 5 and seen == sorted(seen) and run.state == "interrupted"
 
 
 def test_stop_all_leaves_no_training_process(tmp_path):

@@ -53,7 +53,7 @@ st.markdown(
     """
 Then: **Live run** to pause, step and watch each level; **Equations 25-29** to check the
 equations on the recorded numbers; **Runs** to replay or compare recorded runs; **Results** for the experiments
-(`python -m nlviz.experiments NAME`), with their spread over seeds. The tutorial notebooks in
+(`make experiment NAME=capacity`), with their spread over seeds. The tutorial notebooks in
 `notebooks/` go through the same equations by hand. Nothing to
 install or download: runs train here (on a GPU if there is one) and are recorded in
 `runs/`, one SQLite file each.

@@ -27,15 +27,7 @@ def act(action: str) -> None:
     """Button callbacks run before the page is drawn again, so every control shows the new state."""
     current = common.live_run(st.query_params.get("run"))
     try:
-        if action == "start" and current is not None and current.state == "paused":
-            current.start()
-        elif action == "start":
-            if config is None:
-                raise ConfigError(problem)
-            new = common.registry().create(config, **common.WRITER_OPTIONS)
-            new.start()
-            st.query_params["run"] = new.name
-        elif action == "pause":
+        if action == "pause":
             current.pause()
         elif action in ("step", "step_to_update"):
             if action == "step":
@@ -55,9 +47,12 @@ def act(action: str) -> None:
 state = run.state if run is not None else None
 stepping = state in ("ready", "paused")
 cols = st.columns([1, 1, 1, 2, 2, 1], vertical_alignment="bottom")
-cols[0].button("Start", type="primary", key="start", on_click=act, args=("start",),
-               disabled=state == "running" or (config is None and state != "paused"),
-               help="Start a new run with the settings above, or continue the paused one")
+# Start is handled in the page's body, not in a callback: a callback runs before the form is
+# read, with the settings of the page's previous run, so a value typed just before the click
+# would not be the one that runs.
+start = cols[0].button("Start", type="primary", key="start",
+                       disabled=state == "running" or (config is None and state != "paused"),
+                       help="Start a new run with the settings above, or continue the paused one")
 cols[1].button("Pause", key="pause", on_click=act, args=("pause",), disabled=state != "running")
 cols[2].button("Step", key="step", on_click=act, args=("step",), disabled=not stepping,
                help="One optimizer step, then pause")
@@ -68,6 +63,20 @@ cols[4].button("Step to next update of level", key="step_to_update", on_click=ac
                disabled=not stepping, help="Run until the chosen level's chunk ends and it updates (Eq 31)")
 cols[5].button("Stop", key="stop", on_click=act, args=("stop",), disabled=state not in ("ready", "running", "paused"))
 
+if start:
+    try:
+        if state == "paused":
+            run.start()
+        elif config is None:
+            raise ConfigError(problem)
+        else:
+            new = common.registry().create(config, **common.WRITER_OPTIONS)
+            new.start()
+            st.query_params["run"] = new.name
+    except (ConfigError, RunStoreError, ValueError) as e:  # RunBusyError is a ValueError
+        st.session_state.live_error = str(e)
+    st.rerun()  # draw every control again, for the run's new state
+
 if "live_error" in st.session_state:
     st.error(st.session_state.pop("live_error"))
 
@@ -77,25 +86,44 @@ if run is None:
     st.stop()
 
 live = state == "running"
+# The step every panel shows. A run that is not running does not move, so one read serves the
+# metric and every panel alike, and the store has that step: a run reports paused (or ended)
+# only after committing its store, and a Step waits for that report before the page is drawn.
+# While it runs, each fragment reads the step when it refreshes (the per-level panels and the
+# heatmaps are at most LEVELS_REFRESH_S behind the metric), and a heatmap's title names the
+# record it shows: the newest at or before that step.
+held_at = run.step_count
+
+
+def shown_step() -> int:
+    return run.step_count if live else held_at
 
 
 # Three fragments, so the Step metric and the loss (what a learner watches step by step) are
 # redrawn every 0.5 s without waiting for the heavier per-level panels, which follow every second.
 @st.fragment(run_every=common.REFRESH_S if live else None)
 def pulse() -> None:
-    now = run.state
-    top = st.columns([1, 1.4, 2, 3], vertical_alignment="bottom")
-    top[0].metric("Step", run.step_count)
+    now, step = run.state, shown_step()
+    top = st.columns([1, 2, 2, 2.5], vertical_alignment="bottom")  # room for "interrupted"
+    top[0].metric("Step", step)
     top[1].metric("State", now)
     top[2].metric("Device", run.device)
-    top[3].progress(min(run.step_count / run.total, 1.0), text=f"{run.name}: {run.step_count} of {run.total} steps")
+    top[3].progress(min(step / run.total, 1.0), text=f"{run.name}: {step} of {run.total} steps")
     if run.error:
         st.error(run.error)
+    elif run.message:  # an interrupted run: by whom, and where
+        resumable = (run.directory / "checkpoint.pt").exists()
+        st.info(f"This run was {run.message}." + (f" `.venv/bin/python -m nlviz train --resume {run.directory}` "
+                                                   "continues it." if resumable else ""))
     try:
         with common.reading(run.directory) as reader:
+            diverging = reader.diverging  # nlviz.diverging's flag: the loss has grown by orders of magnitude
+            if diverging:
+                st.warning(diverging["message"])
             common.loss_panel(reader, periods, key="live")
     except RunStoreError as e:
-        st.warning(f"The run store is not readable yet: {e}")
+        if not run.ended:  # an ended run without a store never trained: its message says so
+            st.warning(f"The run store is not readable yet: {e}")
     if live and now != "running":
         st.rerun()  # the run paused or ended: draw the controls again once, and stop polling
 
@@ -113,7 +141,7 @@ def level_panels() -> None:
 def heatmaps() -> None:
     try:
         with common.reading(run.directory) as reader:
-            common.heatmap_panels(reader, periods, key="live", choose_step=run.state != "running")
+            common.heatmap_panels(reader, periods, key="live", cursor=shown_step(), choose_step=not live)
     except RunStoreError:
         pass  # the loss panel above says so
 
