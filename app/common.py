@@ -21,6 +21,7 @@ import torch
 
 from nlviz import LevelSpec, ModelConfig, SurpriseConfig, TrainConfig, figures, open_run
 from nlviz.config import ACCUMULATE, AUTOCAST, OPTIMIZERS, SIGNS, VARIANTS, ConfigError
+from nlviz import diverging
 from nlviz.device import resolve_device
 from nlviz.live import LiveRun, RunRegistry
 from nlviz.store import RunInfo, RunReader, list_runs
@@ -172,7 +173,7 @@ def level_specs(rows: list[dict[str, Any]]) -> tuple[LevelSpec, ...]:
 def train_config(form: dict[str, Any], rows: list[dict[str, Any]]) -> TrainConfig:
     """The run the form describes: `form` holds the settings widgets' values by field name
     (task, steps, batch_size, seed, device, variant, accumulate, residual, norm, autocast,
-    surprise, weight, sign), `rows` the levels table. Values pass through as typed; ConfigError
+    surprise, weight, sign, diverging_factor, diverging_stop), `rows` the levels table. Values pass through as typed; ConfigError
     with the library's message for any that is not allowed, or for a device that is not here."""
     config = TrainConfig(
         task=form["task"], steps=_typed(form["steps"], True), batch_size=_typed(form["batch_size"], True),
@@ -180,26 +181,20 @@ def train_config(form: dict[str, Any], rows: list[dict[str, Any]]) -> TrainConfi
         autocast=form["autocast"],
         model=ModelConfig(levels=level_specs(rows), variant=form["variant"], residual=form["residual"],
                           norm=form["norm"]),
-        surprise=SurpriseConfig(enabled=form["surprise"], weights=(_typed(form["weight"], False),), sign=form["sign"]),
+        # The weight box is disabled while the objective is off: a value left in it is not this run's.
+        surprise=SurpriseConfig(enabled=form["surprise"], sign=form["sign"],
+                                weights=(_typed(form["weight"], False),) if form["surprise"] else SurpriseConfig().weights),
+        diverging_factor=_typed(form["diverging_factor"], False), diverging_stop=form["diverging_stop"],
     )
     resolve_device(config.device)  # the one setting only this machine can check
     return config
 
 
 def run_summary(config: TrainConfig) -> str:
-    """The run a config starts, in one line: task, steps, batch, levels (period, optimizer,
-    learning rate), variant, chunk update, surprise objective, forward pass and device."""
+    """The run a config starts, in one line: `TrainConfig.describe` and the device it will train on."""
     from nlviz.live import run_device
 
-    # repr: the shortest text that reads back as the same float (the format %g would cut it to 6 digits)
-    levels = ", ".join(f"C={lv.period} {lv.optimizer} lr {lv.lr!r}" for lv in config.model.levels)
-    sur = config.surprise
-    surprise = (f"surprise objective on (weight {sur.weights[0]!r}, {sur.sign} sign)" if sur.enabled
-                else "surprise objective off")
-    forward = "bf16 forward pass" if config.autocast == "bf16" else "float32 forward pass"
-    return (f"{config.task}, {config.steps} steps, batch {config.batch_size}, seed {config.seed}; "
-            f"{len(config.model.levels)} levels: {levels}; {config.model.variant}, chunk {config.accumulate}; "
-            f"{surprise}; {forward}; on {run_device(config.device)}")
+    return f"{config.describe()}; on {run_device(config.device)}"
 
 
 def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
@@ -246,7 +241,7 @@ def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
         format_func=lambda a: "float32" if a == "none" else "bfloat16 (torch.autocast)",
         help="bf16 runs the forward pass under torch.autocast; weights and optimizer stay "
              "float32. Fast on GPUs with bf16 units, slow on most CPUs")
-    sur = st.columns([1, 1, 2])
+    sur = st.columns([1, 1, 2, 1, 1])
     form["surprise"] = sur[0].toggle("Surprise objective", False, key=f"{key}_surprise",
                                      help="each level also regresses its output y_l towards a target built from u_l")
     form["weight"] = sur[1].number_input("Weight", value=0.1, format=shown, key=f"{key}_weight",
@@ -254,6 +249,12 @@ def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
     form["sign"] = sur[2].radio(
         "Target", list(SIGNS), key=f"{key}_sign", horizontal=True, disabled=not form["surprise"],
         format_func=lambda s: "v = -u (consistent)" if s == "consistent" else "v = +u (printed Eq 27: ascends the loss)")
+    default = TrainConfig()
+    form["diverging_factor"] = sur[3].number_input(
+        "Diverging at x early loss", value=float(default.diverging_factor), format=shown, key=f"{key}_diverging",
+        help=f"warn that the run is diverging at the first {diverging.rule('F')}; 0 = never")
+    form["diverging_stop"] = sur[4].toggle("Stop if diverging", default.diverging_stop, key=f"{key}_diverging_stop",
+                                           help="end the run there (diverged) instead of warning and training on")
     try:
         config = train_config(form, levels.to_dict("records"))
     except ConfigError as e:

@@ -196,7 +196,7 @@ def host_syncs(device: str, store: str) -> tuple[int, int, int]:
             writer.sync()  # the writer commits these steps inside the window
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    writer.on_end(trainer, "stopped")
+    writer.on_end(trainer, "interrupted")
     return steps, sum(seen), len(seen) - sum(seen)
 
 

@@ -28,6 +28,8 @@ from .config import (
     SurpriseConfig,
 )
 
+from .diverging import rule
+
 __all__ = ["main", "config_from_args"]
 
 
@@ -169,9 +171,9 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--sync-every", type=int, default=0, help="host reads every N steps (0 = auto)")
     t.add_argument("--autocast", default="none", choices=("none", "bf16"),
                    help="bf16: forward pass under torch.autocast(bfloat16); weights and optimizer stay float32")
-    t.add_argument("--diverging-factor", type=float, default=1e4, metavar="F",
-                   help="warn that the run is diverging once its loss passes F x the smallest loss of its first "
-                        "100 steps (default 1e4; 0 = never)")
+    t.add_argument("--diverging-factor", type=float, default=TrainConfig.diverging_factor, metavar="F",
+                   help=f"warn that the run is diverging at the first {rule('F')} (default "
+                        f"{TrainConfig.diverging_factor:g}; 0 = never)")
     t.add_argument("--stop-diverging", action="store_true",
                    help="end a diverging run there (status diverged) instead of warning and going on")
     t.add_argument("--out", help="run directory, new or empty: run.sqlite (the live record), checkpoint.pt, summary.json")
@@ -323,10 +325,8 @@ def _train(a: argparse.Namespace) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # signals only go there
     previous = signal.signal(signal.SIGINT, stop_after_this_step) if main_thread else None
     out.mkdir(parents=True, exist_ok=True)
-    levels = ",".join(str(p) for p in config.model.periods)
     verb = f"resuming at step {trainer.clock.t}" if resuming else "starting"
-    print(f"nlviz: {verb}: {config.task} on {trainer.device_name}, levels with periods {levels}, "
-          f"{config.steps} steps -> {out}", file=sys.stderr)
+    print(f"nlviz: {verb}: {config.describe()}; on {trainer.device_name} -> {out}", file=sys.stderr)
     start, status, code, whole_step, first = time.time(), "finished", 0, True, trainer.clock.t
     result, error = None, None
     try:
@@ -335,7 +335,7 @@ def _train(a: argparse.Namespace) -> int:
             status, code = "interrupted", 130
             trainer.end(status)
             print(f"nlviz: interrupted after step {trainer.clock.t}; continue with "
-                  f"python -m nlviz train --resume {out}", file=sys.stderr)
+                  f"{_python()} -m nlviz train --resume {out}", file=sys.stderr)
     except DivergenceError as e:
         status, code, error = "diverged", 1, e
         print(f"nlviz: error: {e}", file=sys.stderr)
@@ -360,6 +360,14 @@ def _train(a: argparse.Namespace) -> int:
     return code
 
 
+def _python() -> str:
+    """This interpreter as the user can type it from here (.venv/bin/python after make demo)."""
+    import os
+
+    here = os.path.relpath(sys.executable)
+    return here if not here.startswith("..") else sys.executable
+
+
 def _runs(a: argparse.Namespace) -> int:
     from .store import list_runs
 
@@ -367,7 +375,7 @@ def _runs(a: argparse.Namespace) -> int:
     if not parent.is_dir():
         return _fail(f"PARENT: {parent} is not a directory")
     rows = [(i.name, i.status, "-", "-", i.message) if i.status == "unreadable" else
-            (i.name, f"{i.status} (diverging)" if i.diverging else i.status,
+            (i.name, i.shown_status,
              f"{i.last_step}/{i.total if i.total is not None else '?'}", _age(i.age_s), i.task)
             for i in sorted(list_runs(parent), key=lambda i: i.name)]
     if not rows:

@@ -289,6 +289,28 @@ class TrainConfig:
         if self.surprise.enabled and not self.capture:
             raise ConfigError("capture: the surprise objective reads u_l, so capture must be true when surprise.enabled is")
 
+    def describe(self) -> str:
+        """The run in one line, every setting a reader of a run needs (the device aside, which
+        only the machine that trains it can name): what the CLI prints when it starts and the
+        dashboard's form shows above its Start button. Numbers as repr, the shortest text that
+        reads back as the same value."""
+        levels = "; ".join(f"C={lv.period} {lv.kind} width {lv.width}" + (f" hidden {lv.hidden}" if lv.kind == "mlp" else "")
+                           + f" {lv.optimizer} lr {lv.lr!r}" for lv in self.model.levels)
+        m, sur = self.model, self.surprise
+        wiring = ", ".join([m.variant, "residual" if m.residual else "no residual", "LayerNorm" if m.norm else "no LayerNorm"])
+        surprise = (f"surprise objective weights {', '.join(map(repr, sur.weights))} every {sur.every} step(s), "
+                    f"{sur.sign} sign" + (f", clip {sur.clip!r}" if sur.clip else "") if sur.enabled
+                    else "no surprise objective")
+        diverging = (f"diverging past {self.diverging_factor:g} x the early loss" + (", then stop" if self.diverging_stop else "")
+                     if self.diverging_factor else "no diverging check")
+        changed = [f"{f.name}={getattr(self.task_options, f.name)!r}" for f in dataclasses.fields(self.task_options)
+                   if getattr(self.task_options, f.name) != f.default]
+        task = f"{self.task} ({', '.join(changed)})" if changed else self.task
+        return (f"{task}, {self.steps} steps of batch {self.batch_size}, seed {self.seed}; "
+                f"{len(m.levels)} level(s): {levels}; {wiring}; chunk {self.accumulate}; stem and head "
+                f"{self.head_optimizer} lr {self.head_lr!r}; {surprise}; "
+                f"{'bf16' if self.autocast == 'bf16' else 'float32'} forward pass; {diverging}")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; `TrainConfig.from_dict` rebuilds (and re-validates) it."""
         return dataclasses.asdict(self)

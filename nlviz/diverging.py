@@ -8,14 +8,17 @@ line and the dashboard all use it):
 
     m = the smallest loss the trainer read during the run's first EARLY_STEPS steps
         (its *early minimum*; the trainer reads the loss at its sync steps: every step on
-        the CPU, every 50th on a GPU by default);
+        the CPU, every 50th on a GPU by default; with sync_every > EARLY_STEPS, the first
+        loss it read);
     the run is *diverging* from the first step t at which loss_t > factor * m, with
     factor = TrainConfig.diverging_factor (default 1e4; 0 turns the rule off).
 
 Where: the level whose surprise grew most, max|u_l| at step t divided by the smallest
 max|u_l| read in the same early window (needs `capture`; otherwise no level is named).
 The flag is raised once per run, at the first crossing; the run goes on unless
-`TrainConfig.diverging_stop` asks the trainer to end it there (status "diverged").
+`TrainConfig.diverging_stop` asks the trainer to end it there (status "diverged"). A task
+whose loss can reach 0 or go below it has no scale to grow from: an early minimum <= 0 turns
+the rule off for that run.
 
 The decision to know: the reference is the *early* minimum, not the running one. A loss
 that falls to 1e-7 and then rises to 1e-3 has grown 1e4-fold from its running minimum yet
@@ -34,10 +37,10 @@ __all__ = ["DivergingWatch", "DivergingEvent", "EARLY_STEPS", "rule"]
 EARLY_STEPS = 100  # the early window: the first this-many steps of a run give its reference loss
 
 
-def rule(factor: float) -> str:
-    """The rule in one line, for messages and page captions."""
-    return (f"loss above {factor:g} x the smallest loss of the first {EARLY_STEPS} steps "
-            "(TrainConfig.diverging_factor)")
+def rule(factor: float | str) -> str:
+    """The rule in one line, for messages and help texts (factor: a number, or a name for it)."""
+    shown = f"{factor:g}" if isinstance(factor, (int, float)) else factor
+    return f"loss above {shown} x the smallest loss of the first {EARLY_STEPS} steps"
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,9 @@ class DivergingEvent:
 class DivergingWatch:
     """Applies the rule to the values the trainer reads at its sync steps; see the module docstring.
 
-    `observe(step, loss, surprise_max)` returns a DivergingEvent at the first crossing and
-    None otherwise. Its state (the early minima, whether it has fired) is plain numbers, so
-    it travels in a checkpoint and a resumed run keeps its reference."""
+    `observe(step, loss, surprise_max)` returns a DivergingEvent at the first crossing (kept
+    as `event`) and None otherwise. Its state (the early minima, the event) is plain numbers
+    and strings, so it travels in a checkpoint and a resumed run keeps its reference and flag."""
 
     def __init__(self, factor: float):
         """factor: TrainConfig.diverging_factor (validated there: 0 or a number > 1)."""
@@ -70,12 +73,12 @@ class DivergingWatch:
         self.reference: float | None = None  # the early minimum of the loss
         self.reference_step = 0
         self.surprise_floor: list[float] = []  # per level, the early minimum of max|u_l|
-        self.fired = False
+        self.event: DivergingEvent | None = None  # the flag, once raised
 
     def observe(self, step: int, loss: float, surprise_max: Sequence[float] = ()) -> DivergingEvent | None:
-        if not self.factor or self.fired or not math.isfinite(loss):
+        if not self.factor or self.event is not None or not math.isfinite(loss):
             return None  # a non-finite loss is the trainer's DivergenceError, not a warning
-        if step <= EARLY_STEPS:
+        if step <= EARLY_STEPS or self.reference is None:  # no sync step inside the window: the first read
             if self.reference is None or loss < self.reference:
                 self.reference, self.reference_step = loss, step
             if not self.surprise_floor:
@@ -84,13 +87,13 @@ class DivergingWatch:
                                    for f, u in zip(self.surprise_floor, surprise_max)]
         if self.reference is None or self.reference <= 0 or loss <= self.factor * self.reference:
             return None
-        self.fired = True
         level, growth = self._grown_most(surprise_max)
         where = (f"surprise grew most at level {level} (max |u_l| x{growth:.3g} since the first {EARLY_STEPS} steps)"
                  if level is not None else "surprise not captured, so no level is named")
         message = (f"diverging at step {step}: loss {loss:.3g} is {loss / self.reference:.3g} x its early minimum "
                    f"{self.reference:.3g} (step {self.reference_step}); {where}. Rule: {rule(self.factor)}")
-        return DivergingEvent(step, loss, self.reference, self.reference_step, self.factor, level, growth, message)
+        self.event = DivergingEvent(step, loss, self.reference, self.reference_step, self.factor, level, growth, message)
+        return self.event
 
     def _grown_most(self, surprise_max: Sequence[float]) -> tuple[int | None, float | None]:
         best, level = -math.inf, None
@@ -101,10 +104,11 @@ class DivergingWatch:
 
     def state_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "reference_step": self.reference_step,
-                "surprise_floor": list(self.surprise_floor), "fired": self.fired}
+                "surprise_floor": list(self.surprise_floor),
+                "event": self.event.to_dict() if self.event is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reference = state["reference"]
         self.reference_step = int(state["reference_step"])
         self.surprise_floor = [float(f) for f in state["surprise_floor"]]
-        self.fired = bool(state["fired"])
+        self.event = DivergingEvent(**state["event"]) if state["event"] is not None else None

@@ -10,7 +10,8 @@ and read `state`, `step_count` and `message`. Recorded data are read from the st
 
     ready --start/step--> running --pause/target reached--> paused --start/step--> running
     running --config.steps reached--> finished    ready|running|paused --stop--> interrupted
-    running --non-finite loss or surprise--> diverged    --any other error--> failed
+    running --non-finite loss or surprise (or diverging, with diverging_stop)--> diverged
+    running --any other error--> failed
     (the training process killed, or crashed) --> failed
 
 A run's ended states are the run store's statuses, word for word (`RunReader.status`),

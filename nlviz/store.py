@@ -96,13 +96,24 @@ LOD_WIDTH = 256  # steps per level-of-detail bucket: 1,000,000 steps are about 3
 STATUSES = ("starting", "running", "finished", "interrupted", "failed", "diverged")
 
 
-def _status(meta: dict[str, Any]) -> str:
+def _status(meta: dict[str, Any], db: Path) -> str:
     status = meta.get("status")
-    if status is None:
-        return "starting"
+    if status is None:  # no meta rows yet: its writer is creating it, or died doing so long ago
+        return "starting" if _age(db) < STALE_S else "interrupted"
     if status == "running" and time.time() - meta.get("heartbeat", 0) > STALE_S:
         return "interrupted"
     return status
+
+
+def _age(db: Path) -> float:
+    """Seconds since the store's file or its write-ahead log last changed (inf if both are gone)."""
+    times = []
+    for f in (db, db.with_name(db.name + "-wal")):
+        try:
+            times.append(f.stat().st_mtime)
+        except OSError:
+            pass
+    return time.time() - max(times) if times else math.inf
 
 
 class RunStoreError(ValueError):
@@ -308,6 +319,8 @@ class RunWriter(Subscriber):
         self._put(("meta", {"diverging": event.to_dict()}))
 
     def on_end(self, trainer, status: str, error: BaseException | None = None) -> None:
+        if status not in STATUSES[2:]:  # an ending is one of the statuses after starting and running
+            raise RunStoreError(f"status: a run ends {', '.join(STATUSES[2:])}; got {status!r}")
         self._put(("updates", self._updates))
         self._updates = []
         extra: dict[str, Any] = {"message": str(error) if error else "", "end_time": time.time()}
@@ -547,6 +560,8 @@ class RunReader:
             names = {r[0] for r in self._con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         except sqlite3.DatabaseError as e:
             raise RunStoreError(f"path: {db} is damaged or not a run store ({e})") from None
+        if not names and _age(db) < STALE_S:
+            raise RunStoreError(f"path: {db} is being created by its run (starting); it has no tables yet")
         if not set(TABLES) <= names:
             raise RunStoreError(f"path: {db} is not an nlviz run store (tables {sorted(names)})")
 
@@ -565,8 +580,9 @@ class RunReader:
     def status(self) -> str:
         """One of STATUSES: running, finished, interrupted, failed or diverged; starting for a
         store whose writer has not written its first meta rows yet. A running run whose writer
-        stopped refreshing its heartbeat (killed, power cut) reads as interrupted."""
-        return _status(self._meta())
+        stopped refreshing its heartbeat (killed, power cut) reads as interrupted, and so does
+        a store without meta rows whose file has not changed for STALE_S."""
+        return _status(self._meta(), self.path)
 
     @property
     def diverging(self) -> dict[str, Any] | None:
@@ -760,6 +776,11 @@ class RunInfo:
     message: str = ""
     diverging: str = ""  # RunReader.diverging's message, when the run was flagged as diverging
 
+    @property
+    def shown_status(self) -> str:
+        """The status as listings show it: "(diverging)" added to a run flagged as diverging."""
+        return f"{self.status} (diverging)" if self.diverging else self.status
+
 
 def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
     """Every run directly inside `parent` (a folder holding run.sqlite), newest first."""
@@ -772,7 +793,7 @@ def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
             finally:
                 run.close()
         except (RunStoreError, sqlite3.Error, KeyError, ValueError) as e:
-            age = time.time() - (d / STORE_NAME).stat().st_mtime
+            age = _age(d / STORE_NAME)
             if age < STALE_S and _no_tables(d / STORE_NAME):  # its writer is creating it right now
                 infos.append(RunInfo(d.name, d, "starting", 0, None, "?", (), age))
             else:
@@ -781,7 +802,7 @@ def list_runs(parent: str | os.PathLike) -> list[RunInfo]:
         config = meta.get("config", {})
         periods = tuple(lv.get("period", 1) for lv in config.get("model", {}).get("levels", ()))
         seen = meta.get("heartbeat", meta.get("start_time", 0.0))
-        infos.append(RunInfo(d.name, d, _status(meta), last, config.get("steps"), config.get("task", "?"), periods,
+        infos.append(RunInfo(d.name, d, _status(meta, d / STORE_NAME), last, config.get("steps"), config.get("task", "?"), periods,
                              time.time() - seen, meta.get("message", ""), (meta.get("diverging") or {}).get("message", "")))
     return sorted(infos, key=lambda i: i.age_s)
 

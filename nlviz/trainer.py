@@ -172,7 +172,6 @@ class Trainer:
         self._stop = False
         self.last_loss: Tensor | None = None
         self.watch = DivergingWatch(config.diverging_factor)  # fed the losses read at sync steps
-        self.diverging: DivergingEvent | None = None  # set when the watch fires
 
     # ------------------------------------------------------------------ stepping
     def step(self) -> StepEvent:
@@ -237,7 +236,6 @@ class Trainer:
         if t % self.sync_every == 0:
             self.check_health()
         if flag is not None:
-            self.diverging = flag
             for s in self.subscribers:
                 s.on_diverging(flag)
             if self.config.diverging_stop:
@@ -324,6 +322,11 @@ class Trainer:
         if act is not None:
             where += f"; activations first non-finite at level {act}"
         raise DivergenceError(f"{what} at step {first}{seen}; {where}", first, level)
+
+    @property
+    def diverging(self) -> DivergingEvent | None:
+        """Where the run began to diverge (nlviz.diverging), also from before a resume; else None."""
+        return self.watch.event
 
     # ------------------------------------------------------------------ running
     def request_stop(self) -> None:

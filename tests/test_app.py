@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from nlviz import LevelClock, LevelSpec, ModelConfig, SurpriseConfig, TrainConfi
 from nlviz.config import ConfigError
 from nlviz.store import RunWriter
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_for
 
 APP = Path(__file__).resolve().parents[1] / "app"
 LONG = 10**6  # steps of a run that is still running whenever a test looks
@@ -257,6 +256,21 @@ def test_a_negative_surprise_weight_is_refused_with_the_librarys_message(runs):
     at.number_input(key="live_weight").set_value(-0.5).run()
     assert [e.value for e in at.error] == [_library_message(lambda: SurpriseConfig(enabled=True, weights=(-0.5,)))]
     assert at.button(key="start").disabled
+    at.toggle(key="live_surprise").set_value(False).run()  # the weight box is disabled now: not this run's
+    assert not at.error and not at.button(key="start").disabled
+
+
+def test_the_diverging_rule_is_set_on_the_form_and_checked_by_the_library(runs):
+    at = _app("live")
+    at.toggle(key="live_diverging_stop").set_value(True).run()
+    at.number_input(key="live_diverging").set_value(100.0).run()
+    import common
+
+    shown = TrainConfig(steps=common.DEFAULT_STEPS, diverging_factor=100.0, diverging_stop=True)
+    assert f"**Start** trains: {common.run_summary(shown)}." in [c.value for c in at.caption]
+    at.number_input(key="live_diverging").set_value(0.0).run()  # off, yet asked to stop at it
+    assert [e.value for e in at.error] == [_library_message(lambda: TrainConfig(diverging_factor=0, diverging_stop=True))]
+    assert at.button(key="start").disabled
 
 
 @pytest.mark.parametrize("edit, level, make", [
@@ -315,7 +329,8 @@ def test_the_form_says_which_run_start_trains_and_that_run_trains(runs):
     import common
 
     summary = common.run_summary(expected)
-    assert "C=8 sgd lr 0.005" in summary and "40 steps" in summary and "chunk mean" in summary
+    assert summary == f"{expected.describe()}; on {common.default_device()}"
+    assert "C=8 mlp width 64 hidden 256 sgd lr 0.005" in summary and "40 steps" in summary and "chunk mean" in summary
     assert common.default_device() in summary
     assert f"**Start** trains: {summary}." in [c.value for c in at.caption]
     at.button(key="start").click().run()
@@ -358,10 +373,8 @@ def test_the_heatmaps_follow_step_and_step_to_update_while_paused(runs):
     import common
 
     run = common.registry().runs()[0]
-    deadline = time.monotonic() + 120
-    while run.step_count < 20:  # two tensor records, so the slider is drawn; pausing commits them
-        assert time.monotonic() < deadline, "the run did not reach step 20"
-        time.sleep(0.01)
+    # two tensor records, so the slider is drawn; pausing commits them
+    wait_for(lambda: run.step_count >= 20, "the run reaching step 20")
     at.button(key="pause").click().run()
     assert _metric(at, "State") == "paused"
 

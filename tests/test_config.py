@@ -89,3 +89,20 @@ def test_level_clock_refuses_non_integer_periods():
     for bad in [(2.5,), (0,), (), (True,)]:
         with pytest.raises(ValueError, match="^periods:"):
             LevelClock(bad)
+
+
+def test_describe_names_every_setting_a_run_differs_in():
+    config = TrainConfig(
+        task="recall", task_options=RecallConfig(correlation=0.6), steps=70, batch_size=8, seed=3,
+        model=ModelConfig(levels=(LevelSpec(period=1, kind="lstm", width=16), LevelSpec(period=4, width=16, hidden=33, optimizer="dgd", lr=2.5e-7)),
+                          variant="independent", residual=False, norm=False),
+        accumulate="mean", head_optimizer="sgd", head_lr=0.02, autocast="bf16",
+        surprise=SurpriseConfig(enabled=True, weights=(0.1, 0.3), every=2, clip=1.5, sign="printed"),
+        diverging_factor=50.0, diverging_stop=True)
+    text = config.describe()
+    for part in ("recall (correlation=0.6)", "70 steps of batch 8", "seed 3", "2 level(s)", "C=1 lstm width 16 adam lr 0.001",
+                 "C=4 mlp width 16 hidden 33 dgd lr 2.5e-07", "independent, no residual, no LayerNorm", "chunk mean",
+                 "stem and head sgd lr 0.02", "weights 0.1, 0.3 every 2 step(s), printed sign, clip 1.5",
+                 "bf16 forward pass", "diverging past 50 x the early loss, then stop"):
+        assert part in text, part
+    assert "no surprise objective" in TrainConfig().describe() and "no diverging check" in TrainConfig(diverging_factor=0).describe()

@@ -147,6 +147,42 @@ def test_the_early_minimum_travels_in_the_checkpoint(tmp_path):
     assert again.watch.state_dict() == first.watch.state_dict()
 
 
+def test_a_resume_keeps_a_flag_from_before_its_checkpoint_and_drops_one_from_after(tmp_path):
+    out = tmp_path / "run"
+    first = Trainer(_blowing_up(steps=30), [writer := RunWriter(out, scalars_every=1)])
+    for _ in range(5):
+        first.step()
+    first.save_checkpoint(tmp_path / "before.pt")
+    for _ in range(7):
+        first.step()
+    first.save_checkpoint(tmp_path / "after.pt")
+    first.run()
+    flag = first.diverging
+    assert flag is not None and 5 < flag.step <= 12 and open_run(out).diverging["step"] == flag.step
+
+    later = Trainer.from_checkpoint(tmp_path / "after.pt", [writer := RunWriter(out, scalars_every=1, resume_after=12)])
+    assert later.diverging == flag  # from the checkpoint, so summary.json keeps it too
+    later.step()
+    writer.sync()
+    assert open_run(out).diverging == flag.to_dict()
+    later.end("interrupted")
+
+    earlier = Trainer.from_checkpoint(tmp_path / "before.pt", [writer := RunWriter(out, scalars_every=1, resume_after=5)])
+    assert earlier.diverging is None
+    earlier.step()  # step 6: before the flag, which the store dropped with the records after step 5
+    writer.sync()
+    assert open_run(out).diverging is None
+    earlier.run()  # the same run again, bit for bit: flagged at the same step
+    assert earlier.diverging == flag and open_run(out).diverging == flag.to_dict()
+
+
+def test_a_rule_without_a_sync_step_in_the_early_window_takes_the_first_loss_read():
+    watch = DivergingWatch(1e4)
+    assert watch.observe(200, 1.0) is None and watch.reference == 1.0 and watch.reference_step == 200
+    assert watch.observe(400, 0.5) is None and watch.reference == 1.0  # past the window: not a reference
+    assert watch.observe(600, 2e4).step == 600
+
+
 # ---------------------------------------------------------------------- the command line
 def _cli(*args: str, cwd=None):
     return subprocess.run([sys.executable, "-m", "nlviz", "train", "--no-progress", "--device", "cpu", *args],

@@ -27,7 +27,7 @@ from nlviz.live import LiveRun, RunBusyError, RunRegistry
 from nlviz.store import RunStoreError, run_directory
 from nlviz.tasks import MultiscaleTask
 
-from conftest import tiny_config
+from conftest import tiny_config, wait_for
 from test_trainer import _PoisonedTask
 
 LONG = 10**6  # steps of a run that is still running whenever a test looks
@@ -42,10 +42,7 @@ def registry(tmp_path):
 
 
 def _until(condition, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    wait_for(condition, "the run reaching the state the test waits for", timeout)
 
 
 def _updates(df):
@@ -102,7 +99,6 @@ def test_pause_holds_the_step_and_step_runs_exactly_n_more(registry):
     assert run.state == "paused"
     assert torch.load(run.directory / "checkpoint.pt", weights_only=True)["clock"]["t"] == paused_at
     assert open_run(run.directory).last_step() == paused_at  # the checkpoint waited for the store
-    time.sleep(0.3)  # a running worker would take dozens of steps in this time
     assert run.step_count == paused_at and run.state == "paused"
     run.step(3)
     assert run.wait("paused", timeout=TIMEOUT) == "paused"

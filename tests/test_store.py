@@ -401,7 +401,7 @@ def test_recording_a_cuda_run_never_waits_for_the_device_and_stores_every_step(t
         writer.sync()
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    writer.on_end(trainer, "stopped")
+    writer.on_end(trainer, "interrupted")
     run = open_run(tmp_path / "r")
     stored = run.scalars("loss", level=0)
     assert stored.step.tolist() == list(range(1, 100))

@@ -22,7 +22,7 @@ if not runs:
     st.stop()
 
 st.dataframe(
-    pd.DataFrame([{"run": r.name, "status": f"{r.status} (diverging)" if r.diverging else r.status, "steps": f"{r.last_step}/{r.total}", "task": r.task,
+    pd.DataFrame([{"run": r.name, "status": r.shown_status, "steps": f"{r.last_step}/{r.total if r.total is not None else '?'}", "task": r.task,
                    "periods": ", ".join(map(str, r.periods)), "last seen": f"{r.age_s:.0f} s ago",
                    "message": r.message} for r in runs]),
     hide_index=True, key="runs_table")
