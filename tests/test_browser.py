@@ -117,7 +117,7 @@ def test_values_the_settings_refuse_are_shown_and_start_is_disabled(tmp_path):
             _until(page, lambda: _errors(page) == [refused], "the message for learning rate -1")
             expect(start).to_be_disabled()
             _type_in_last_column(page, row=1, holds="-1", text="0.00015")
-            expect(summary).to_contain_text("C=8 adam lr 0.00015", timeout=60_000)  # all its digits, as typed
+            expect(summary).to_contain_text("C=8 mlp width 64 hidden 256 adam lr 0.00015", timeout=60_000)  # all its digits, as typed
             expect(start).to_be_enabled()
             page.screenshot(path=str(tmp_path / "form.png"), full_page=True)
         finally:
