@@ -46,7 +46,8 @@ def act(action: str) -> None:
 
 state = run.state if run is not None else None
 stepping = state in ("ready", "paused")
-cols = st.columns([1, 1, 1, 2, 2, 1], vertical_alignment="bottom")
+# Two rows of controls, so every label fits beside the sidebar on a 1000 px screen.
+cols = st.columns(4, vertical_alignment="bottom")
 # Start is handled in the page's body, not in a callback: a callback runs before the form is
 # read, with the settings of the page's previous run, so a value typed just before the click
 # would not be the one that runs.
@@ -57,11 +58,12 @@ cols[1].button("Pause", key="pause", on_click=act, args=("pause",), disabled=sta
 cols[2].button("Step", key="step", on_click=act, args=("step",), disabled=not stepping,
                help="One optimizer step, then pause")
 periods = common.periods(run)
-cols[3].selectbox("Level", range(1, len(periods) + 1), key="target_level",
-                  format_func=lambda l: f"level {l} (C={periods[l - 1]})")
-cols[4].button("Step to next update of level", key="step_to_update", on_click=act, args=("step_to_update",),
-               disabled=not stepping, help="Run until the chosen level's chunk ends and it updates (Eq 31)")
-cols[5].button("Stop", key="stop", on_click=act, args=("stop",), disabled=state not in ("ready", "running", "paused"))
+cols[3].button("Stop", key="stop", on_click=act, args=("stop",), disabled=state not in ("ready", "running", "paused"))
+to_update = st.columns([1, 1.4], vertical_alignment="bottom")
+to_update[0].selectbox("Level", range(1, len(periods) + 1), key="target_level",
+                       format_func=lambda l: f"level {l} (C={periods[l - 1]})")
+to_update[1].button("Step to next update of level", key="step_to_update", on_click=act, args=("step_to_update",),
+                    disabled=not stepping, help="Run until the chosen level's chunk ends and it updates (Eq 31)")
 
 if start:
     try:
@@ -104,11 +106,13 @@ def shown_step() -> int:
 @st.fragment(run_every=common.REFRESH_S if live else None)
 def pulse() -> None:
     now, step = run.state, shown_step()
-    top = st.columns([1, 2, 2, 2.5], vertical_alignment="bottom")  # room for "interrupted"
+    # Two rows, so that at 1000 px the Step, "interrupted" and the device's name are shown whole.
+    top = st.columns(2, vertical_alignment="bottom")
     top[0].metric("Step", step)
     top[1].metric("State", now)
-    top[2].metric("Device", run.device)
-    top[3].progress(min(step / run.total, 1.0), text=f"{run.name}: {step} of {run.total} steps")
+    below = st.columns(2, vertical_alignment="bottom")
+    below[0].metric("Device", run.device)
+    below[1].progress(min(step / run.total, 1.0), text=f"{run.name}: {step} of {run.total} steps")
     if run.error:
         st.error(run.error)
     elif run.message:  # an interrupted run: by whom, and where
