@@ -63,7 +63,7 @@ __all__ = [
     "surprise_figure", "level_clock_figure", "update_norm_figure", "heatmap_figure", "histogram_figure",
     "objectives_figure", "eq25_figure", "MemoryUpdates", "memory_updates", "hebbian_vs_delta_figure",
     "compare_figure", "tensor_stats_figure", "steady", "legend_below", "wrap_title", "title_margin", "rgba",
-    "RUN_COLOURS", "STEP_TICKS",
+    "RUN_COLOURS", "STEP_TICKS", "NARROW_TICKS",
     "CATEGORY_COLOURS", "surprise_check_figure", "seed_curves_figure", "seed_summary_figure", "image_strip_figure",
     "forgetting_curves_figure", "level_drift_figure", "multiscale_drift_figure",
 ]
@@ -94,6 +94,10 @@ def _template() -> go.layout.Template:
 
 TEMPLATE = _template()
 STEP_TICKS = dict(exponentformat="none", separatethousands=True)  # steps are counts: 20,000, not 2x10^4
+# The step axis of a figure the dashboard draws in a half-width chart (162 px of plot at 1000 px):
+# at most 3 intervals, so labels are >= 54 px apart and "150,000" (45 px) stays clear of its neighbours.
+# Plotly's own choice never goes under 4 intervals (5 labels 40 px apart: "1,000" runs into "1,500").
+NARROW_TICKS = 3
 DIVERGING = "RdBu_r"  # RdBu with negative blue and positive red, always symmetric around 0
 GL_POINTS = 5000  # a trace with more points is drawn with WebGL (Scattergl)
 # A level with more update events is drawn as one band: past a few hundred the marks are under
@@ -106,9 +110,13 @@ GAP_COLOUR = "#BDBDBD"  # a heatmap cell with no finite value (white would read 
 NO_DATA = "no data yet"
 BLANK = "no finite values here:<br>every recorded value is NaN or infinite"  # the store keeps those as NULL
 FLOAT16_MAX = 65504.0  # the largest float16: a sample of a run that blows up overflows past it
-LEGEND_ROW = 20  # px: one row of a horizontal legend (11 px text)
+# px: one row of a horizontal legend of 11 px text (plotly: max(1.3 x 11, 16) + 3), and the legend's
+# padding; exact, as plotly keeps an axis title above the legend it measures (see legend_below).
+LEGEND_ROW = 19
+LEGEND_PAD = 10
 TITLE_LINE = 22  # px: one more line of a figure's title
 TITLE_CHARS = 52  # characters of a title line that fit a full-width chart at 1000 px (540 px)
+HALF_TITLE_CHARS = 26  # the same for a half-width chart at 1000 px (262 px), e.g. the heatmaps
 NO_LEGEND = frozenset({"heatmap"})  # trace types plotly leaves out of the legend unless told
 
 # Axis titles in words with the maths in them, one per recorded series.
@@ -153,9 +161,10 @@ def _empty(title: str, message: str = NO_DATA) -> go.Figure:
     return fig
 
 
-def _step_axis(fig: go.Figure, **where: Any) -> None:
-    """Step ticks on every x axis (panels sharing x hide theirs), the title on the given one."""
-    fig.update_xaxes(**STEP_TICKS)
+def _step_axis(fig: go.Figure, nticks: int | None = None, **where: Any) -> None:
+    """Step ticks on every x axis (panels sharing x hide theirs), the title on the given one;
+    nticks: at most this many intervals (NARROW_TICKS for a figure in a half-width chart)."""
+    fig.update_xaxes(**STEP_TICKS, **({"nticks": nticks} if nticks else {}))
     fig.update_xaxes(title_text="step t", **where)
 
 
@@ -407,8 +416,9 @@ def _level_axis(levels: list[int], periods: Sequence[int] | None, short: bool = 
 
 def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_title: str, value_label: str,
               updates: pd.DataFrame | None, periods: Sequence[int] | None, cursor: int | float | None,
-              log_y: bool, mode: str = "lines", busy: Busy | None = None) -> go.Figure:
-    """Per-level series on one panel, with an update strip below when `updates` is given."""
+              log_y: bool, mode: str = "lines", busy: Busy | None = None, nticks: int | None = None) -> go.Figure:
+    """Per-level series on one panel, with an update strip below when `updates` is given;
+    nticks: at most this many step intervals (`_step_axis`)."""
     has_updates = (updates is not None and len(updates) > 0) or bool(busy)
     if not any(len(x) for x, _ in series.values()) and not has_updates:
         return _empty(title)
@@ -429,11 +439,11 @@ def _timeline(series: dict[int, tuple[np.ndarray, np.ndarray]], title: str, y_ti
             fig.add_trace(trace, row=2, col=1)
         fig.update_yaxes(title_text="updates", row=2, col=1,
                          **_level_axis(_levels(updates, periods, busy), periods, short=True))
-        _step_axis(fig, row=2, col=1)
+        _step_axis(fig, nticks, row=2, col=1)
         fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear", row=1, col=1)
         fig.update_layout(barmode="overlay")
     else:
-        _step_axis(fig)
+        _step_axis(fig, nticks)
         fig.update_yaxes(title_text=y_title, type="log" if log_y else "linear")
     steps = [x for x, _ in series.values()] + ([updates["step"].to_numpy()] if updates is not None and len(updates) else [])
     steps += [np.array([first, last]) for _, first, last in (busy or {}).values()]
@@ -466,7 +476,7 @@ def _legend_entries(fig: go.Figure) -> int:
 
 
 def _legend_height(entries: int, per_row: int) -> int:
-    return LEGEND_ROW * math.ceil(entries / per_row) + 6 if entries else 0
+    return LEGEND_ROW * math.ceil(entries / per_row) + LEGEND_PAD if entries else 0
 
 
 def legend_below(fig: go.Figure, per_row: int = 1) -> int:
@@ -475,12 +485,17 @@ def legend_below(fig: go.Figure, per_row: int = 1) -> int:
     A legend at the side takes its widest entry's width from the plot, which leaves a
     half-width chart nearly no plot; in rows under the x axis it takes height instead. The
     rows are counted for `per_row` entries a row (what the narrowest chart holds: one in a
-    half-width chart at 1000 px, two in a full-width one), so the margin is known before drawing."""
+    half-width chart at 1000 px, two in a full-width one), so the margin is known before drawing.
+
+    The count must not fall short: plotly keeps an x axis title above a legend anchored to the
+    container, so with fixed margins (`steady`) a legend taller than its rows pushes the title
+    up onto the tick labels. Hence no gap between legend groups (plotly's 10 px tracegroupgap
+    would make each row of a one-level-per-group legend 29 px, not LEGEND_ROW)."""
     entries = _legend_entries(fig)
     if entries:
         # Its title ("level") would take a place in the first row; the entries name their levels.
         fig.update_layout(legend=dict(orientation="h", xref="container", x=0, xanchor="left", yref="container", y=0,
-                                      yanchor="bottom", font=dict(size=11), title_text=""))
+                                      yanchor="bottom", font=dict(size=11), title_text="", tracegroupgap=0))
     return _legend_height(entries, per_row)
 
 
@@ -518,7 +533,8 @@ def surprise_figure(scalars: pd.DataFrame | None, updates: pd.DataFrame | None, 
     update ticks in a strip below, chunk boundaries shaded."""
     series = {l: s for l, s in _series(scalars, "surprise_norm").items() if l >= 1}
     return _timeline(series, "Local surprise per level (Eq 25)<br><sup>||u_l|| = ||dL/dy_l||, update ticks below</sup>",
-                     "||u_l|| = ||dL/dy_l|| (log scale)", "||u_l||", updates, periods, cursor, log_y=True, busy=busy)
+                     "||u_l|| = ||dL/dy_l|| (log scale)", "||u_l||", updates, periods, cursor, log_y=True, busy=busy,
+                     nticks=NARROW_TICKS)
 
 
 def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | None = None,
@@ -527,7 +543,7 @@ def update_norm_figure(scalars: pd.DataFrame | None, periods: Sequence[int] | No
     series = {l: s for l, s in _series(scalars, "update_norm").items() if l >= 1}
     return _timeline(series, "Update size per level (Eq 31)<br><sup>||theta_after - theta_before||</sup>",
                      "||theta_after - theta_before|| (log scale)", "||delta theta||", None, periods, cursor,
-                     log_y=True, mode="markers")
+                     log_y=True, mode="markers", nticks=NARROW_TICKS)
 
 
 def level_clock_figure(updates: pd.DataFrame | None, periods: Sequence[int] | None,
@@ -543,7 +559,7 @@ def level_clock_figure(updates: pd.DataFrame | None, periods: Sequence[int] | No
     fig = go.Figure(_clock_traces(updates, periods, busy=busy))
     levels = _levels(updates, periods, busy)
     fig.update_yaxes(title_text="level (period C)", **_level_axis(levels, periods))
-    _step_axis(fig)
+    _step_axis(fig, nticks=NARROW_TICKS - 1)  # its tick labels leave 92 px of plot in a half-width chart
     if steps is not None:
         lo, hi = (1, steps) if isinstance(steps, (int, np.integer)) else steps
         fig.update_xaxes(range=[lo - 0.5, hi + 0.5])
@@ -656,10 +672,21 @@ def tensor_stats_figure(stats: pd.DataFrame | None, kind: str, periods: Sequence
 
 
 # ---------------------------------------------------------------------------- recorded tensors
+def _last_clause_below(title: str, width: int = HALF_TITLE_CHARS) -> str:
+    """A title longer than `width` characters with its last ", " clause on a second line:
+    "level 1: surprise u_l = dL/dy_l,<br>step 2180" (plotly never wraps a title). With "<br>"
+    read as a space it is the title given."""
+    head, sep, tail = title.rpartition(", ")
+    return f"{head},<br>{tail}" if len(title) > width and sep and "<br>" not in title else title
+
+
 def heatmap_figure(sample: np.ndarray | None, title: str, zmid: float = 0.0) -> go.Figure:
     """A (rows, cols) sample, e.g. `run.tensor(step, level, kind)[1]`, as a diverging heatmap
     symmetric around zmid: rows are examples of the batch, columns units. Non-finite cells are
-    grey, and the figure says how many and why (a float16 sample overflows past 65504)."""
+    grey, and the figure says how many and why (a float16 sample overflows past 65504).
+    A title longer than a half-width chart holds (the dashboard's heatmaps sit side by side)
+    has its last clause, e.g. "step 2180", on a second line."""
+    name, title = title, _last_clause_below(title)
     if sample is None or np.size(sample) == 0:
         return _empty(title)
     z = np.asarray(sample, dtype=np.float32)  # float16 is not a plotly-friendly dtype
@@ -667,7 +694,7 @@ def heatmap_figure(sample: np.ndarray | None, title: str, zmid: float = 0.0) -> 
     if bad.all():
         return _empty(title, "no finite values:<br>" + _not_finite(sample).replace(" (", "<br>("))
     m = _symmetric(z, zmid)
-    fig = go.Figure(go.Heatmap(z=_gaps(z), zmin=zmid - m, zmax=zmid + m, colorscale=DIVERGING, name=title,
+    fig = go.Figure(go.Heatmap(z=_gaps(z), zmin=zmid - m, zmax=zmid + m, colorscale=DIVERGING, name=name,
                                colorbar=dict(thickness=12),  # leaves its tick labels room in a 90 px margin
                                hovertemplate="example %{y}, unit %{x}<br>value = %{z:.4g}<extra></extra>"))
     if bad.any():  # the blank cells show the background: grey, so they are not read as 0 (white)

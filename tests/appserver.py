@@ -102,10 +102,11 @@ LAST_PLOTTED_STEP = """() => {
   return 0;
 }"""
 
-# The titles of the heatmaps drawn now, in page order (plotly keeps each graph's layout on its element).
+# The titles of the heatmaps drawn now, in page order (plotly keeps each graph's layout on its element),
+# as one line: a half-width heatmap's title has its step on a second line ("...,<br>step 2180").
 HEATMAP_TITLES = """() => Array.from(document.querySelectorAll('.js-plotly-plot'))
   .map(gd => (gd.layout && gd.layout.title && gd.layout.title.text) || '')
-  .map(t => t.replace(/<[^>]*>/g, ''))
+  .map(t => t.replace(/<br>/g, ' ').replace(/<[^>]*>/g, ''))
   .filter(t => t.startsWith('level ') && t.includes(', step '))"""
 
 # The Step metric's value (the worker's step count), 0 before it is drawn.

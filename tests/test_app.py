@@ -354,9 +354,10 @@ def test_home_page_names_the_device_the_run_gets(runs):
 
 # ---------------------------------------------------------------------- panels follow the step
 def _heatmap_titles(at: AppTest) -> list[str]:
+    """The heatmaps' titles as one line each (a half-width heatmap has its step on a second line)."""
     titles = []
     for chart in at.get("plotly_chart"):
-        title = json.loads(chart.proto.spec)["layout"].get("title", {}).get("text", "")
+        title = json.loads(chart.proto.spec)["layout"].get("title", {}).get("text", "").replace("<br>", " ")
         if title.startswith("level "):
             titles.append(title)
     return titles

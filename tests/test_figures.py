@@ -560,10 +560,24 @@ def test_steady_gives_a_half_width_chart_its_plot(run):
     assert m.r <= 40 and m.autoexpand is False  # no 160 px legend column beside a 260 px chart
     legend = fig.layout.legend
     assert (legend.orientation, legend.yref, legend.y, legend.yanchor) == ("h", "container", 0, "bottom")
-    assert m.b == 50 + 3 * figures.LEGEND_ROW + 6  # the x axis, then one row for each of three levels
+    assert m.b == 50 + 3 * figures.LEGEND_ROW + figures.LEGEND_PAD  # the x axis, then one row for each of three levels
     assert m.t == 60 + figures.TITLE_LINE * fig.layout.title.text.count("<br>")
     clock = steady(level_clock_figure(updates, PERIODS), left=140)
     assert clock.layout.showlegend is False and clock.layout.margin.b == 50  # its tick labels name the levels
+    # plotly keeps the x title above the legend it measures: a 10 px gap between groups would lift it onto the ticks
+    assert legend.tracegroupgap == 0
+    for narrow in (fig, clock, steady(update_norm_figure(scalars, PERIODS))):  # half-width charts: few step ticks
+        assert {narrow.layout[n].nticks for n in narrow.layout if n.startswith("xaxis")} <= {figures.NARROW_TICKS,
+                                                                                           figures.NARROW_TICKS - 1}
+
+
+def test_a_long_heatmap_title_puts_its_step_on_a_second_line():
+    long = "level 1: surprise u_l = dL/dy_l, step 2180"
+    fig = heatmap_figure(np.ones((2, 3)), long)
+    assert fig.layout.title.text == "level 1: surprise u_l = dL/dy_l,<br>step 2180"
+    assert fig.layout.title.text.replace("<br>", " ") == long and fig.data[0].name == long
+    assert heatmap_figure(None, long).layout.title.text == fig.layout.title.text  # no data yet: the same title
+    assert heatmap_figure(np.ones((2, 3)), "y_2 at step 10").layout.title.text == "y_2 at step 10"  # fits: one line
 
 
 def test_compare_figure_tells_the_two_runs_apart_by_colour_and_dash(run, single):
