@@ -150,9 +150,9 @@ def _per_task(result: dict[str, Any], key: str, y_title: str, text: str, bounds:
     return fig
 
 
-def _final_bars(result: dict[str, Any], metrics: dict[str, Bounds], text: str, note: str) -> go.Figure:
+def _final_bars(result: dict[str, Any], metrics: dict[str, Bounds], text: str) -> go.Figure:
     """Grouped bars: one group per metric (with its bounds), one bar per condition, 95% intervals
-    as error bars clipped to the bounds."""
+    as error bars clipped to the bounds, which the subtitle names metric by metric."""
     rows = result["summary"]
     conditions = list(dict.fromkeys(r["condition"] for r in rows if r["metric"] in metrics))
     fig = go.Figure()
@@ -161,6 +161,10 @@ def _final_bars(result: dict[str, Any], metrics: dict[str, Bounds], text: str, n
         fig.add_trace(go.Bar(x=list(metrics), y=[v["mean"] for v in values], name=name,
                              error_y=_error_bars(values, list(metrics.values())),
                              marker_color=CONDITION_COLOURS[i % len(CONDITION_COLOURS)]))
+    # ", clipped to [0, 1] (accuracy) and [-1, 1] (forgetting)": each bound once, named by its metric's last word
+    parts = [f"{_bounds_note(b).removeprefix(', clipped to ').removeprefix(', clipped at ')} ({m.split()[-1]})"
+             for m, b in metrics.items() if _bounds_note(b)]
+    note = f", clipped to {' and '.join(parts)}" if parts else ""
     fig.update_layout(template=looks.TEMPLATE, barmode="group", title=_title(result, text, note=note))
     return fig
 
@@ -172,8 +176,7 @@ def continual_figures(result: dict[str, Any]) -> dict[str, go.Figure]:
         "forgetting": _per_task(result, "forgetting", "average forgetting (best before - now)",
                                 "Class-incremental digits: average forgetting after each task", FORGETTING),
         "final": _final_bars(result, {"final average accuracy": FRACTION, "final average forgetting": FORGETTING},
-                             "After the last task: average accuracy and forgetting",
-                             ", clipped to [0, 1] (accuracy) and [-1, 1] (forgetting)"),
+                             "After the last task: average accuracy and forgetting"),
     }
 
 
