@@ -206,14 +206,17 @@ def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
     import pandas as pd
 
     shown = "%g"  # the browser's %g prints a number in full (JavaScript's own digits), neither rounded nor padded
-    top = st.columns([2, 1, 1, 1, 1])
+    # Rows of two to four widgets: beside the sidebar on a 1000 px screen the form is about 480 px
+    # wide, and five in a row cut their labels and values ("Re...", "seq").
+    top = st.columns([3, 1])
+    counts = st.columns(3)
     form: dict[str, Any] = {}
     form["task"] = top[0].selectbox("Task", list(TASKS), key=f"{key}_task", format_func=lambda t: f"{t}: {TASKS[t]}")
     # Floats even where the field is an integer: an integer input rounds a typed 1.5 to 1.
-    form["steps"] = top[1].number_input("Steps", value=float(DEFAULT_STEPS), step=500.0, format=shown, key=f"{key}_steps")
-    form["batch_size"] = top[2].number_input("Batch size", value=32.0, step=1.0, format=shown, key=f"{key}_batch")
-    form["seed"] = top[3].number_input("Seed", value=0.0, step=1.0, format=shown, key=f"{key}_seed")
-    form["device"] = top[4].selectbox("Device", devices(), key=f"{key}_device",
+    form["steps"] = counts[0].number_input("Steps", value=float(DEFAULT_STEPS), step=500.0, format=shown, key=f"{key}_steps")
+    form["batch_size"] = counts[1].number_input("Batch size", value=32.0, step=1.0, format=shown, key=f"{key}_batch")
+    form["seed"] = counts[2].number_input("Seed", value=0.0, step=1.0, format=shown, key=f"{key}_seed")
+    form["device"] = top[1].selectbox("Device", devices(), key=f"{key}_device",
                                       help="auto picks a GPU (CUDA, then MPS) when there is one, else the CPU")
     st.markdown("**Levels**, fast to slow: each updates every C(l) steps (its period) with its own optimizer")
     cfg = st.column_config
@@ -222,26 +225,27 @@ def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
         key=f"{key}_levels", num_rows="dynamic", hide_index=True,
         column_config={
             "period": cfg.NumberColumn("period C(l)", default=1, format=shown, required=True),
-            "width": cfg.NumberColumn("width d", default=64, format=shown, required=True),
-            "hidden": cfg.NumberColumn("hidden", default=256, format=shown, required=True),
+            "width": cfg.NumberColumn("width", width="small", help="d, the level's output width", default=64, format=shown, required=True),
+            "hidden": cfg.NumberColumn("hidden", width="small", default=256, format=shown, required=True),
             "optimizer": cfg.SelectboxColumn("optimizer", options=list(OPTIMIZERS), default="adam", required=True,
                                              help="dgd: the delta rule of Eq 28-29 as an optimizer"),
             "lr": cfg.NumberColumn("learning rate", default=1e-3, format=shown, required=True),
         },
     )
-    mid = st.columns([1, 1, 1, 1, 2])
+    mid = st.columns([1, 1, 1.4])
     form["variant"] = mid[0].selectbox("Variant", list(VARIANTS), key=f"{key}_variant",
                                        help="sequential: the chain of Eq 30; independent: levels side by side, summed")
     form["accumulate"] = mid[1].selectbox("Chunk update", list(ACCUMULATE), key=f"{key}_accumulate",
                                           help="Eq 31 sums a chunk's gradients; mean divides by C(l) (a different choice)")
-    form["residual"] = mid[2].toggle("Residual", True, key=f"{key}_residual")
-    form["norm"] = mid[3].toggle("LayerNorm", True, key=f"{key}_norm")
-    form["autocast"] = mid[4].selectbox(
+    form["autocast"] = mid[2].selectbox(
         "Forward pass", list(AUTOCAST), key=f"{key}_autocast",
         format_func=lambda a: "float32" if a == "none" else "bfloat16 (torch.autocast)",
         help="bf16 runs the forward pass under torch.autocast; weights and optimizer stay "
              "float32. Fast on GPUs with bf16 units, slow on most CPUs")
-    sur = st.columns([1, 1, 2, 1, 1])
+    wiring = st.columns(2)
+    form["residual"] = wiring[0].toggle("Residual", True, key=f"{key}_residual")
+    form["norm"] = wiring[1].toggle("LayerNorm", True, key=f"{key}_norm")
+    sur = st.columns([1.7, 1, 2])
     form["surprise"] = sur[0].toggle("Surprise objective", False, key=f"{key}_surprise",
                                      help="each level also regresses its output y_l towards a target built from u_l")
     form["weight"] = sur[1].number_input("Weight", value=0.1, format=shown, key=f"{key}_weight",
@@ -250,10 +254,11 @@ def config_form(key: str) -> tuple[TrainConfig | None, str | None]:
         "Target", list(SIGNS), key=f"{key}_sign", horizontal=True, disabled=not form["surprise"],
         format_func=lambda s: "v = -u (consistent)" if s == "consistent" else "v = +u (printed Eq 27: ascends the loss)")
     default = TrainConfig()
-    form["diverging_factor"] = sur[3].number_input(
+    watch = st.columns(2, vertical_alignment="bottom")
+    form["diverging_factor"] = watch[0].number_input(
         "Diverging at x early loss", value=float(default.diverging_factor), format=shown, key=f"{key}_diverging",
         help=f"warn that the run is diverging at the first {diverging.rule('F')}; 0 = never")
-    form["diverging_stop"] = sur[4].toggle("Stop if diverging", default.diverging_stop, key=f"{key}_diverging_stop",
+    form["diverging_stop"] = watch[1].toggle("Stop if diverging", default.diverging_stop, key=f"{key}_diverging_stop",
                                            help="end the run there (diverged) instead of warning and training on")
     try:
         config = train_config(form, levels.to_dict("records"))
